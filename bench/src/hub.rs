@@ -1,0 +1,58 @@
+//! The hub under test, as a child process.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running hub; killed when dropped.
+pub(crate) struct Hub {
+    pub(crate) addr: SocketAddr,
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl Hub {
+    /// Starts `bin serve` on a free loopback port with a fresh data dir.
+    pub(crate) async fn start(bin: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .env("SWITCHBOARD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("hub printed no address in 30s")??
+            .context("hub exited at start")?;
+        let Some(addr) = line.strip_prefix("switchboard listening on http://") else {
+            bail!("unexpected first line from the hub: {line:?}");
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            addr: addr.parse()?,
+            child,
+            _data: data,
+        })
+    }
+
+    /// The hub's resident memory in KiB, from /proc.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}

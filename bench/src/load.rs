@@ -1,0 +1,187 @@
+//! The HTTP load generator.
+//!
+//! Each worker owns one keep-alive HTTP/1.1 connection and sends one
+//! request at a time. Two modes:
+//! - open loop ([`Mode::Rate`]): requests are scheduled at a fixed total
+//!   rate and latency is measured from the *scheduled* time, so a stalled
+//!   server is charged for the requests it delayed (no coordinated
+//!   omission);
+//! - closed loop ([`Mode::Max`]): each worker sends the next request as
+//!   soon as the last is answered, to find the peak rate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+/// How requests are paced.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Mode {
+    /// This many requests per second in total, spread over the workers.
+    Rate(u64),
+    /// As fast as answers come back.
+    Max,
+}
+
+/// Builds the `i`-th request of worker `w`: method, path and JSON body.
+pub(crate) type MakeRequest =
+    Arc<dyn Fn(usize, u64) -> (hyper::Method, String, Option<Bytes>) + Send + Sync>;
+
+/// What a phase measured.
+pub(crate) struct Outcome {
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latency_us: Histogram<u64>,
+}
+
+impl Outcome {
+    pub(crate) fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub(crate) fn ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Runs `workers` connections against `addr` for `duration`.
+pub(crate) async fn run(
+    addr: SocketAddr,
+    workers: usize,
+    mode: Mode,
+    duration: Duration,
+    make: MakeRequest,
+) -> anyhow::Result<Outcome> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let make = make.clone();
+        let period = match mode {
+            Mode::Rate(r) => Some(Duration::from_secs_f64(workers as f64 / r.max(1) as f64)),
+            Mode::Max => None,
+        };
+        tasks.push(tokio::spawn(async move {
+            worker(addr, w, period, start, deadline, make).await
+        }));
+    }
+    let mut total = Outcome {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    };
+    for t in tasks {
+        let o = t.await??;
+        total.requests += o.requests;
+        total.errors += o.errors;
+        total.latency_us.add(&o.latency_us)?;
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+async fn worker(
+    addr: SocketAddr,
+    w: usize,
+    period: Option<Duration>,
+    start: Instant,
+    deadline: Instant,
+    make: MakeRequest,
+) -> anyhow::Result<Outcome> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connect")?;
+    tcp.set_nodelay(true)?;
+    let (mut send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut requests, mut errors) = (0u64, 0u64);
+    // Spread the workers' schedules across one period.
+    let offset = period.map_or(Duration::ZERO, |p| p.mul_f64(w as f64 / 64.0 % 1.0));
+    let mut i = 0u64;
+    loop {
+        let scheduled = match period {
+            Some(p) => start + offset + p.mul_f64(i as f64),
+            None => Instant::now(),
+        };
+        if scheduled >= deadline {
+            break;
+        }
+        let now = Instant::now();
+        if scheduled > now {
+            tokio::time::sleep_until(scheduled.into()).await;
+        }
+        let (method, path, body) = make(w, i);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string());
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Full::new(body.unwrap_or_default()))?;
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        let ok = resp.status().is_success();
+        resp.into_body().collect().await?;
+        let took = scheduled.elapsed();
+        hist.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1))?;
+        requests += 1;
+        if !ok {
+            errors += 1;
+        }
+        i += 1;
+    }
+    Ok(Outcome {
+        requests,
+        errors,
+        elapsed: Duration::ZERO,
+        latency_us: hist,
+    })
+}
+
+/// Sends `requests` one after another on one connection; fails on the
+/// first error status. For setup, not measured.
+pub(crate) async fn send_all(
+    addr: SocketAddr,
+    requests: impl IntoIterator<Item = (hyper::Method, String, Option<Bytes>)>,
+) -> anyhow::Result<u64> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connect")?;
+    let (mut send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut n = 0;
+    for (method, path, body) in requests {
+        let req = Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("host", addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(body.unwrap_or_default()))?;
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status.is_success(),
+            "{path}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        n += 1;
+    }
+    Ok(n)
+}

@@ -1,0 +1,93 @@
+//! `switchboard-bench`: runs benchmark scenarios against a real hub (and,
+//! where a scenario names one, a peer started from the machine's packages)
+//! and writes a Markdown report.
+//!
+//! Layout:
+//! - `hub`: starts the `switchboard` binary as a child process.
+//! - `load`: the HTTP load generator (open loop at a fixed rate, or closed
+//!   loop at full speed) with latency histograms.
+//! - `scenarios/*`: one module per scenario.
+//!
+//! Load only ever targets 127.0.0.1, and every phase is bounded in time.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+mod hub;
+mod load;
+mod report;
+mod scenarios;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-bench",
+    about = "Benchmarks Switchboard side by side with its peers"
+)]
+struct Args {
+    /// The scenario to run.
+    scenario: Scenario,
+    /// Seconds-long runs with tiny sizes, to check the scenarios still work.
+    #[arg(long)]
+    smoke: bool,
+    /// The hub binary to benchmark (build it with `cargo build --release`).
+    #[arg(long, default_value = "target/release/switchboard")]
+    hub_bin: PathBuf,
+    /// Where to write the Markdown report (also printed).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seconds each measured phase runs (default: 10, smoke: 1).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    /// Every scenario.
+    All,
+    /// Registry heartbeats and reads.
+    Registry,
+}
+
+/// What every scenario is given.
+pub(crate) struct Settings {
+    pub(crate) smoke: bool,
+    pub(crate) hub_bin: PathBuf,
+    pub(crate) phase: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = Settings {
+        smoke: args.smoke,
+        hub_bin: args.hub_bin.clone(),
+        phase: Duration::from_secs(args.seconds.unwrap_or(if args.smoke { 1 } else { 10 })),
+    };
+    anyhow::ensure!(
+        settings.hub_bin.exists(),
+        "no hub binary at {}; run `cargo build --release` first or pass --hub-bin",
+        settings.hub_bin.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start runtime")?;
+    let mut sections = Vec::new();
+    runtime.block_on(async {
+        if matches!(args.scenario, Scenario::All | Scenario::Registry) {
+            sections.push(scenarios::registry::run(&settings).await?);
+        }
+        anyhow::Ok(())
+    })?;
+    let text = report::render(&settings, &sections);
+    println!("{text}");
+    if let Some(out) = args.out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&out, &text).with_context(|| format!("write {}", out.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! One module per scenario; each returns its report section.
+
+pub(crate) mod registry;

@@ -1,0 +1,66 @@
+//! The request context: the correlation id and path of the request being
+//! answered, reachable from anywhere inside its handling.
+//!
+//! The [`layer`] middleware takes the correlation id from `X-Correlation-Id`
+//! (or `X-Request-Id`) when the client sent a usable one, makes one
+//! otherwise, echoes it in the response, and makes it available to
+//! [`current`] for the whole request (a task-local, so error bodies built
+//! deep inside handlers carry it without threading it through).
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// The response header carrying the correlation id.
+pub const CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const MAX_ID_LEN: usize = 128;
+
+/// What is known of the request being answered.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestContext {
+    /// The correlation id.
+    pub(crate) correlation_id: Arc<str>,
+    /// The request path.
+    pub(crate) path: Arc<str>,
+}
+
+tokio::task_local! {
+    static CONTEXT: RequestContext;
+}
+
+/// The context of the request being answered, if any.
+pub(crate) fn current() -> Option<RequestContext> {
+    CONTEXT.try_with(Clone::clone).ok()
+}
+
+fn usable(v: &HeaderValue) -> Option<&str> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic())).then_some(s)
+}
+
+fn correlation_id(headers: &HeaderMap) -> Arc<str> {
+    headers
+        .get(&CORRELATION_ID)
+        .and_then(usable)
+        .or_else(|| headers.get(&REQUEST_ID).and_then(usable))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string().into(), Arc::from)
+}
+
+/// The middleware: sets the context for the request and echoes the id.
+pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
+    let ctx = RequestContext {
+        correlation_id: correlation_id(req.headers()),
+        path: Arc::from(req.uri().path()),
+    };
+    req.extensions_mut().insert(ctx.clone());
+    let id = ctx.correlation_id.clone();
+    let mut resp = CONTEXT.scope(ctx, next.run(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(CORRELATION_ID, v);
+    }
+    resp
+}

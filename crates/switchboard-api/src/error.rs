@@ -1,0 +1,198 @@
+//! `ApiError`: every error the API answers, rendered as problem+json.
+//!
+//! Domain errors become `ApiError` in one `From` impl each; nothing else in
+//! the hub knows status codes. Server errors (5xx) never show their cause to
+//! the client: it is logged with the correlation id instead.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Value, json};
+use switchboard_core::FieldError;
+use switchboard_registry::RegistryError;
+use switchboard_wire::{ErrorObject, FieldProblem, PROBLEM_JSON, Problem};
+
+use crate::context;
+
+/// An error answer. Boxed: it travels in every handler's `Result`.
+#[derive(Debug)]
+pub struct ApiError(Box<Repr>);
+
+#[derive(Debug)]
+struct Repr {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    fields: Vec<FieldError>,
+    details: Value,
+    retry_after: Option<u64>,
+    /// The cause of a server error; logged, never sent.
+    internal: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a message for the client.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self(Box::new(Repr {
+            status,
+            code,
+            detail: detail.into(),
+            fields: Vec::new(),
+            details: Value::Null,
+            retry_after: None,
+            internal: None,
+        }))
+    }
+
+    /// 422: the body was JSON but some fields are wrong.
+    pub fn validation(fields: Vec<FieldError>) -> Self {
+        let detail = summarize("invalid request body", &fields);
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_FAILED",
+            detail,
+        )
+        .with_fields(fields)
+    }
+
+    /// 400: query parameters are wrong.
+    pub fn invalid_query(fields: Vec<FieldError>) -> Self {
+        let detail = summarize("invalid query", &fields);
+        Self::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", detail).with_fields(fields)
+    }
+
+    /// 500, with the cause kept for the log.
+    pub fn internal(cause: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "the hub failed to handle this request; quote the correlation id when reporting it",
+        );
+        e.0.internal = Some(cause.into());
+        e
+    }
+
+    /// Adds the bad fields.
+    pub fn with_fields(mut self, fields: Vec<FieldError>) -> Self {
+        self.0.fields = fields;
+        self
+    }
+
+    /// Adds context for the seed-style `error.details`.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.0.details = details;
+        self
+    }
+
+    /// Asks the client to wait this many seconds (`Retry-After`).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after = Some(seconds);
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    /// The bad fields.
+    #[cfg(test)]
+    pub(crate) fn fields(&self) -> &[FieldError] {
+        &self.0.fields
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.0.code
+    }
+}
+
+fn summarize(what: &str, fields: &[FieldError]) -> String {
+    let list: Vec<String> = fields.iter().map(ToString::to_string).collect();
+    format!("{what}: {}", list.join("; "))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = *self.0;
+        let ctx = context::current();
+        let correlation_id = ctx
+            .as_ref()
+            .map_or_else(String::new, |c| c.correlation_id.to_string());
+        if let Some(cause) = &e.internal {
+            tracing::error!(%correlation_id, code = e.code, %cause, "request failed");
+        }
+        let timestamp = Utc::now();
+        let errors: Vec<FieldProblem> = e
+            .fields
+            .iter()
+            .map(|f| FieldProblem {
+                field: f.field.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect();
+        let mut details = e.details;
+        if !errors.is_empty() {
+            details = json!({ "fields": errors });
+        }
+        if let Some(secs) = e.retry_after {
+            match &mut details {
+                Value::Object(m) => {
+                    m.insert("retry_after".into(), secs.into());
+                }
+                _ => details = json!({ "retry_after": secs }),
+            }
+        }
+        if details.is_null() {
+            details = json!({});
+        }
+        let problem = Problem {
+            problem_type: format!("urn:switchboard:problem:{}", e.code.to_ascii_lowercase()),
+            title: e.status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: e.status.as_u16(),
+            detail: e.detail.clone(),
+            instance: ctx.map(|c| c.path.to_string()),
+            code: e.code.to_owned(),
+            correlation_id: correlation_id.clone(),
+            timestamp,
+            errors,
+            error: ErrorObject {
+                code: e.code.to_owned(),
+                message: e.detail,
+                details,
+                correlation_id,
+                timestamp,
+            },
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut resp = (e.status, body).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = e.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid(fields) => Self::validation(fields),
+            RegistryError::NotFound(id) => Self::new(
+                StatusCode::NOT_FOUND,
+                "AGENT_NOT_FOUND",
+                format!("agent {id} is not registered"),
+            )
+            .with_details(json!({ "agent_id": id })),
+            RegistryError::Storage(s) if s.is_retryable() => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "the store is busy or unavailable; try again",
+            )
+            .with_retry_after(1),
+            RegistryError::Storage(s) => Self::internal(s.to_string()),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Extractors whose rejections are problem+json with the field at fault.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use switchboard_core::FieldError;
+
+use crate::error::ApiError;
+
+/// A JSON body. Refuses a missing or wrong media type (415), an oversized
+/// body (413), broken JSON (400) and JSON of the wrong shape (422, naming
+/// the field).
+pub(crate) struct AppJson<T>(pub(crate) T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "the body must be JSON: send Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PAYLOAD_TOO_LARGE",
+                    "the body is larger than this hub accepts (http.max_body_bytes)",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "MALFORMED_REQUEST",
+                    format!("the body could not be read: {rej}"),
+                )
+            }
+        })?;
+        parse(&bytes).map(AppJson)
+    }
+}
+
+fn is_json(v: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(ct) = v.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a JSON body into `T`, classifying the failure.
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_JSON",
+            "the body is empty; send a JSON object",
+        ));
+    }
+    // Every body of this API is an object; serde would otherwise read a
+    // struct from an array too, and blame its first element.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let first = serde_json::from_slice::<serde::de::IgnoredAny>(bytes);
+        if let Err(e) = first {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_JSON",
+                format!("the body is not valid JSON: {e}"),
+            ));
+        }
+        return Err(ApiError::validation(vec![FieldError::new(
+            "body",
+            "must be a JSON object",
+        )]));
+    }
+    let malformed = |e: &serde_json::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_JSON",
+            format!("the body is not valid JSON: {e}"),
+        )
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                ApiError::validation(vec![field_error(&e.path().to_string(), inner)])
+            }
+            _ => malformed(inner),
+        }
+    })?;
+    // Nothing but white space may follow the value.
+    de.end().map_err(|e| malformed(&e))?;
+    Ok(value)
+}
+
+/// Names the field of a data error. serde reports a missing field at its
+/// parent, with the name in backquotes; move it into the path so the client
+/// sees `inner.x`, not `inner`. An unknown field's path already ends with it.
+fn field_error(path: &str, e: &serde_json::Error) -> FieldError {
+    let msg = e.to_string();
+    // Drop serde_json's " at line 1 column 5" suffix: the path says where.
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map_or(msg.as_str(), |(m, _)| m)
+        .to_owned();
+    let parent = if path == "." { "" } else { path };
+    for prefix in ["unknown field `", "missing field `"] {
+        if let Some((name, _)) = msg.strip_prefix(prefix).and_then(|r| r.split_once('`')) {
+            let field = if parent.is_empty() {
+                name.to_owned()
+            } else if parent == name || parent.ends_with(&format!(".{name}")) {
+                parent.to_owned()
+            } else {
+                format!("{parent}.{name}")
+            };
+            let reason = if prefix.starts_with("unknown") {
+                "is not a known field".to_owned()
+            } else {
+                "is required".to_owned()
+            };
+            return FieldError::new(field, reason);
+        }
+    }
+    let field = if parent.is_empty() { "body" } else { parent };
+    FieldError::new(field, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct T {
+        id: String,
+        n: Option<u32>,
+        inner: Option<Inner>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        x: Vec<u8>,
+    }
+
+    fn fail(body: &str) -> (u16, String, Vec<String>) {
+        let e = parse::<T>(body.as_bytes()).expect_err("should fail");
+        (
+            e.status().as_u16(),
+            e.code().to_owned(),
+            e.fields().iter().map(|f| f.field.clone()).collect(),
+        )
+    }
+
+    #[test]
+    fn names_the_field() {
+        assert_eq!(fail(r#"{"n": 1}"#).2, ["id"]);
+        assert_eq!(fail(r#"{"id": "a", "zz": 1}"#).2, ["zz"]);
+        assert_eq!(fail(r#"{"id": 5}"#).2, ["id"]);
+        assert_eq!(fail(r#"{"id": "a", "n": -1}"#).2, ["n"]);
+        assert_eq!(
+            fail(r#"{"id": "a", "inner": {"x": [1, 300]}}"#).2,
+            ["inner.x[1]"]
+        );
+        assert_eq!(fail(r#"{"id": "a", "inner": {"y": 1}}"#).2, ["inner.y"]);
+        assert_eq!(fail(r#"[]"#).2, ["body"]);
+    }
+
+    #[test]
+    fn malformed_is_400() {
+        assert_eq!(fail(r#"{"id": "#).0, 400);
+        assert_eq!(fail("").1, "MALFORMED_JSON");
+        assert_eq!(fail(r#"{"id": "a"} x"#).0, 400);
+    }
+}

@@ -1,0 +1,121 @@
+//! Switchboard's HTTP API: the only crate that knows HTTP status codes,
+//! problem+json and how wire types map to domain types.
+//!
+//! Layout:
+//! - [`router`] builds the whole `axum::Router` from an [`AppState`];
+//!   [`openapi`] returns the OpenAPI 3.1 document generated from the same
+//!   route table, so the document cannot list a route that does not exist.
+//! - `routes/*`: one module per resource; handlers are thin: extract,
+//!   convert, call the component handle, convert back.
+//! - `error`: [`ApiError`], rendered as problem+json.
+//! - `extract`: the JSON extractor whose rejections name the bad field.
+//! - `context`: the correlation id of the request being answered.
+//! - `middleware`: the layer stack and its order.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Extension;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+mod context;
+mod convert;
+mod error;
+mod extract;
+mod middleware;
+mod routes;
+mod state;
+
+pub use context::CORRELATION_ID;
+pub use error::ApiError;
+pub use state::{ApiConfig, AppState, Checks};
+
+use routes::{agents, system};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchboard",
+        description = "The hub through which software agents find and talk to each other.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "agents", description = "The agent registry"),
+        (name = "system", description = "Health, readiness, metrics, this document"),
+    ),
+    components(schemas(switchboard_wire::Problem))
+)]
+struct ApiDoc;
+
+fn route_table() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::prometheus))
+        .routes(routes!(system::report))
+        .routes(routes!(openapi_json))
+        .routes(routes!(agents::register))
+        .routes(routes!(agents::list))
+        .routes(routes!(agents::get, agents::remove))
+        .routes(routes!(agents::heartbeat))
+}
+
+/// The OpenAPI 3.1 document of every route [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    route_table().split_for_parts().1
+}
+
+#[derive(Clone)]
+struct OpenApiJson(Arc<str>);
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "system",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> Response {
+    let mut resp = doc.0.to_string().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let (routes, doc) = route_table().split_for_parts();
+    let doc = doc
+        .to_json()
+        .unwrap_or_else(|e| format!(r#"{{"error": "could not render the document: {e}"}}"#));
+    let metrics = state.metrics.clone();
+    let config = state.config.clone();
+    let router = routes
+        .layer(Extension(OpenApiJson(doc.into())))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    middleware::stack(router, metrics, &config)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such route; the routes are listed at /api/v1/openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this route does not take that method; see /api/v1/openapi.json",
+    )
+}

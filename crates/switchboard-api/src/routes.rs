@@ -1,0 +1,4 @@
+//! The routes, one module per resource.
+
+pub(crate) mod agents;
+pub(crate) mod system;

@@ -1,0 +1,56 @@
+//! The state handlers draw from.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use switchboard_core::Readiness;
+use switchboard_registry::Registry;
+use switchboard_telemetry::Metrics;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a request may take before it is answered 503.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The dependencies `GET /readyz` checks.
+#[derive(Clone, Default)]
+pub struct Checks(Arc<[Arc<dyn Readiness>]>);
+
+impl Checks {
+    /// Checks of these dependencies.
+    pub fn new(checks: Vec<Arc<dyn Readiness>>) -> Self {
+        Self(checks.into())
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<dyn Readiness>> {
+        self.0.iter()
+    }
+}
+
+/// Everything the routes need; each handler extracts only its part.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    /// The agent registry.
+    pub registry: Registry,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Readiness checks.
+    pub checks: Checks,
+    /// HTTP settings.
+    #[from_ref(skip)]
+    pub config: ApiConfig,
+}

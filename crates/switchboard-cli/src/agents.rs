@@ -1,0 +1,265 @@
+//! `switchboard agents ...`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use switchboard_client::{AgentListQuery, Client};
+use switchboard_wire::{Agent, HeartbeatRequest, RegisterAgentRequest, ReportedStatus};
+
+use crate::output;
+
+#[derive(Subcommand)]
+pub(crate) enum AgentsCommand {
+    /// List agents, filtered.
+    List {
+        /// Only this type.
+        #[arg(long = "type")]
+        agent_type: Option<String>,
+        /// Only these statuses (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        status: Vec<String>,
+        /// Only agents with all these capabilities (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        capability: Vec<String>,
+        /// At most this many (all when absent).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show one agent.
+    Get {
+        /// Agent id.
+        id: String,
+    },
+    /// Register an agent, or update its registration.
+    Register {
+        /// A JSON file with the registration body (the flags below are then ignored).
+        #[arg(long, short = 'f', conflicts_with_all = ["id", "agent_type"])]
+        file: Option<PathBuf>,
+        /// Agent id.
+        #[arg(long, required_unless_present = "file")]
+        id: Option<String>,
+        /// Agent type.
+        #[arg(long = "type", required_unless_present = "file")]
+        agent_type: Option<String>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Semantic version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Capabilities (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        capability: Vec<String>,
+        /// Where the agent serves requests.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Where its health can be checked.
+        #[arg(long)]
+        health_check_url: Option<String>,
+        /// How many tasks it takes at once.
+        #[arg(long)]
+        max_concurrent_tasks: Option<u32>,
+    },
+    /// Send one heartbeat for an agent.
+    Heartbeat {
+        /// Agent id.
+        id: String,
+        /// Reported status: active, idle, busy or draining.
+        #[arg(long)]
+        status: Option<String>,
+        /// Tasks in hand.
+        #[arg(long)]
+        current_tasks: Option<u32>,
+    },
+    /// Remove an agent.
+    Remove {
+        /// Agent id.
+        id: String,
+    },
+}
+
+pub(crate) async fn run(hub: &str, json: bool, cmd: AgentsCommand) -> anyhow::Result<()> {
+    let client = Client::new(hub)?;
+    match cmd {
+        AgentsCommand::List {
+            agent_type,
+            status,
+            capability,
+            limit,
+        } => {
+            let q = AgentListQuery {
+                agent_type,
+                statuses: status,
+                capabilities: capability,
+                limit,
+                cursor: None,
+            };
+            let agents = if limit.is_some() {
+                client.list_agents(&q).await?.agents
+            } else {
+                client.list_all_agents(&q).await?
+            };
+            if json {
+                output::json(&agents)
+            } else {
+                print_agents(&agents);
+                Ok(())
+            }
+        }
+        AgentsCommand::Get { id } => {
+            let agent = client.get_agent(&id).await?;
+            if json {
+                output::json(&agent)
+            } else {
+                print_agent(&agent);
+                Ok(())
+            }
+        }
+        AgentsCommand::Register {
+            file,
+            id,
+            agent_type,
+            name,
+            version,
+            capability,
+            endpoint,
+            health_check_url,
+            max_concurrent_tasks,
+        } => {
+            let req = match file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_str::<RegisterAgentRequest>(&text)
+                        .with_context(|| format!("{} is not a registration", path.display()))?
+                }
+                None => RegisterAgentRequest {
+                    id: id.unwrap_or_default(),
+                    agent_type: agent_type.unwrap_or_default(),
+                    name,
+                    version,
+                    capabilities: capability,
+                    endpoint,
+                    health_check_url,
+                    configuration: max_concurrent_tasks.map(|n| {
+                        let mut m = serde_json::Map::new();
+                        m.insert("max_concurrent_tasks".into(), n.into());
+                        m
+                    }),
+                    metadata: None,
+                },
+            };
+            let (agent, created) = client.register_agent(&req).await?;
+            if json {
+                output::json(&agent)
+            } else {
+                let verb = if created { "registered" } else { "updated" };
+                println!("{verb} agent {}", agent.id);
+                Ok(())
+            }
+        }
+        AgentsCommand::Heartbeat {
+            id,
+            status,
+            current_tasks,
+        } => {
+            let status = match status.as_deref() {
+                None => None,
+                Some("active") => Some(ReportedStatus::Active),
+                Some("idle") => Some(ReportedStatus::Idle),
+                Some("busy") => Some(ReportedStatus::Busy),
+                Some("draining") => Some(ReportedStatus::Draining),
+                Some(other) => {
+                    anyhow::bail!("--status {other:?} is not one of active, idle, busy, draining")
+                }
+            };
+            let agent = client
+                .heartbeat(
+                    &id,
+                    &HeartbeatRequest {
+                        status,
+                        current_tasks,
+                        performance_metrics: None,
+                    },
+                )
+                .await?;
+            if json {
+                output::json(&agent)
+            } else {
+                println!("agent {} is {}", agent.id, status_name(&agent));
+                Ok(())
+            }
+        }
+        AgentsCommand::Remove { id } => {
+            client.remove_agent(&id).await?;
+            if json {
+                output::json(&serde_json::json!({ "removed": id }))
+            } else {
+                println!("removed agent {id}");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn status_name(a: &Agent) -> String {
+    serde_json::to_value(a.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn print_agents(agents: &[Agent]) {
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                a.agent_type.clone(),
+                status_name(a),
+                match a.max_concurrent_tasks {
+                    Some(m) => format!("{}/{m}", a.current_tasks),
+                    None => a.current_tasks.to_string(),
+                },
+                a.last_heartbeat_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                a.capabilities.join(","),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "ID",
+            "TYPE",
+            "STATUS",
+            "TASKS",
+            "LAST HEARTBEAT (UTC)",
+            "CAPABILITIES",
+        ],
+        &rows,
+    );
+}
+
+fn print_agent(a: &Agent) {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows = vec![
+        vec!["id".into(), a.id.clone()],
+        vec!["type".into(), a.agent_type.clone()],
+        vec!["name".into(), a.name.clone()],
+        vec!["version".into(), opt(&a.version)],
+        vec!["status".into(), status_name(a)],
+        vec!["capabilities".into(), a.capabilities.join(", ")],
+        vec!["endpoint".into(), opt(&a.endpoint)],
+        vec!["health_check_url".into(), opt(&a.health_check_url)],
+        vec![
+            "tasks".into(),
+            match a.max_concurrent_tasks {
+                Some(m) => format!("{}/{m}", a.current_tasks),
+                None => a.current_tasks.to_string(),
+            },
+        ],
+        vec!["registered_at".into(), a.registered_at.to_rfc3339()],
+        vec!["last_heartbeat_at".into(), a.last_heartbeat_at.to_rfc3339()],
+    ];
+    output::table(&["FIELD", "VALUE"], &rows);
+}

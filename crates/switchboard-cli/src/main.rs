@@ -1,0 +1,89 @@
+//! `switchboard`: run the hub (`serve`) or drive a running one.
+//!
+//! This file only parses arguments and dispatches; `serve` calls
+//! `switchboard_server::run`, and every other command calls the typed
+//! client in `switchboard_client`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod agents;
+mod output;
+mod serve;
+
+/// Exit code for a bad configuration or usage (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+/// Exit code when the hub cannot be reached (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "The hub through which software agents find and talk to each other"
+)]
+struct Cli {
+    /// The hub to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_URL",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    hub: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(serve::ServeArgs),
+    /// Register, find and remove agents.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Agents(cmd) => agents::run(&cli.hub, cli.json, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            if e.downcast_ref::<switchboard_client::ClientError>()
+                .is_some_and(switchboard_client::ClientError::is_unreachable)
+            {
+                eprintln!(
+                    "is the hub running? start it with `switchboard serve`, or point --hub / SWITCHBOARD_URL at it"
+                );
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+            if let Some(switchboard_server::ServerError::Config(_)) =
+                e.downcast_ref::<switchboard_server::ServerError>()
+            {
+                return ExitCode::from(EXIT_USAGE);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `switchboard serve`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use switchboard_server::{Config, Overrides};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Flags of `serve`; each also reads its environment variable, and both
+/// override the config file.
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML config file.
+    #[arg(long, short = 'c', env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:7878].
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    listen: Option<String>,
+    /// Where the store keeps its files [default: ./switchboard-data].
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// How often agents are expected to heartbeat (e.g. 30s, 500ms).
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<String>,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        heartbeat_interval: args.heartbeat_interval,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let hub = switchboard_server::Hub::open(config).await?;
+    // The one line on stdout: scripts and tests read the bound address here.
+    println!("switchboard listening on http://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, "listening");
+    hub.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,162 @@
+//! The CLI against a running hub.
+
+use std::process::Output;
+
+use serde_json::Value;
+use switchboard_test::HubProcess;
+
+use crate::bin;
+
+async fn cli(hub: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(bin())
+        .arg("--hub")
+        .arg(hub)
+        .args(args)
+        .output()
+        .await
+        .expect("run cli")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn register_list_get_heartbeat_remove() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let url = hub.url("");
+
+    let o = cli(
+        &url,
+        &[
+            "agents",
+            "register",
+            "--id",
+            "cli-1",
+            "--type",
+            "codegen",
+            "--capability",
+            "rust,python",
+            "--max-concurrent-tasks",
+            "4",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "registered agent cli-1");
+
+    let file = dir.path().join("agent.json");
+    std::fs::write(
+        &file,
+        crate::agent("cli-2", "tester", &["rust"]).to_string(),
+    )
+    .expect("write");
+    let o = cli(
+        &url,
+        &["agents", "register", "-f", file.to_str().expect("utf-8")],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+
+    let o = cli(&url, &["agents", "list", "--capability", "rust"]).await;
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("STATUS"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("cli-1") && lines[1].contains("codegen") && lines[1].contains("0/4"),
+        "{out}"
+    );
+    assert!(lines[2].starts_with("cli-2"), "{out}");
+
+    let o = cli(&url, &["--json", "agents", "list", "--type", "codegen"]).await;
+    let agents: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(agents.as_array().expect("array").len(), 1);
+    assert_eq!(
+        agents[0]["capabilities"],
+        serde_json::json!(["python", "rust"])
+    );
+
+    let o = cli(
+        &url,
+        &[
+            "agents",
+            "heartbeat",
+            "cli-1",
+            "--status",
+            "busy",
+            "--current-tasks",
+            "2",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "agent cli-1 is busy");
+
+    let o = cli(&url, &["--json", "agents", "get", "cli-1"]).await;
+    let a: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(a["current_tasks"], 2);
+
+    let o = cli(&url, &["agents", "remove", "cli-1"]).await;
+    assert!(o.status.success(), "{o:?}");
+    let o = cli(&url, &["agents", "get", "cli-1"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("AGENT_NOT_FOUND"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_input_is_reported_with_the_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let o = cli(
+        &hub.url(""),
+        &["agents", "register", "--id", "bad id", "--type", "t"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("VALIDATION_FAILED") && err.contains("id:"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_hub_is_a_clear_error() {
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let o = cli(&format!("http://127.0.0.1:{port}"), &["agents", "list"]).await;
+    assert_eq!(o.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot reach the hub"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_config_exits_64() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let conf = dir.path().join("hub.toml");
+    std::fs::write(&conf, "listen = \"nowhere\"\n").expect("write");
+    let o = tokio::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("listen"), "{err}");
+}

@@ -1,0 +1,33 @@
+//! Integration tests: the real hub on an ephemeral port, spoken to over HTTP.
+//!
+//! One binary for the whole suite (link time matters on small machines).
+
+mod cli;
+mod errors;
+mod liveness;
+mod openapi;
+mod persistence;
+mod registry;
+mod system;
+
+use serde_json::{Value, json};
+
+/// The `switchboard` binary built for these tests.
+pub(crate) fn bin() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_switchboard"))
+}
+
+/// A registration body.
+pub(crate) fn agent(id: &str, agent_type: &str, caps: &[&str]) -> Value {
+    json!({
+        "id": id,
+        "type": agent_type,
+        "name": format!("Agent {id}"),
+        "version": "1.0.0",
+        "capabilities": caps,
+        "endpoint": format!("http://127.0.0.1:9/{id}"),
+        "health_check_url": format!("http://127.0.0.1:9/{id}/health"),
+        "configuration": {"max_concurrent_tasks": 5, "supported_frameworks": ["express"]},
+        "metadata": {"team": "core"}
+    })
+}

@@ -1,0 +1,276 @@
+//! A typed client for Switchboard's HTTP API, used by the CLI, the tests and
+//! the benchmarks, and by agents written in Rust.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), switchboard_client::ClientError> {
+//! let hub = switchboard_client::Client::new("http://127.0.0.1:7878")?;
+//! let page = hub.list_agents(&Default::default()).await?;
+//! println!("{} agents", page.total);
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use switchboard_wire::{
+    Agent, AgentList, Health, HeartbeatRequest, MetricsReport, Problem, RegisterAgentRequest,
+};
+use url::Url;
+
+/// What can go wrong talking to a hub.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The hub URL is not usable.
+    #[error("invalid hub URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// No connection could be made, or it broke.
+    #[error("cannot reach the hub at {url}: {source}")]
+    Unreachable {
+        /// The hub's base URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The hub answered with an error.
+    #[error("{} {}: {}", .0.status, .0.code, .0.detail)]
+    Api(Box<Problem>),
+    /// The hub answered something this client does not understand.
+    #[error("unexpected answer from the hub ({status}): {detail}")]
+    Unexpected {
+        /// The HTTP status.
+        status: u16,
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// The problem body, when the hub answered with one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            Self::Api(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether the hub could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+}
+
+/// Filters for [`Client::list_agents`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentListQuery {
+    /// Only this type.
+    pub agent_type: Option<String>,
+    /// Only these statuses.
+    pub statuses: Vec<String>,
+    /// Only agents with all these capabilities.
+    pub capabilities: Vec<String>,
+    /// Page size.
+    pub limit: Option<u32>,
+    /// Continue from a `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+impl AgentListQuery {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if let Some(t) = &self.agent_type {
+            p.push(("type", t.clone()));
+        }
+        for s in &self.statuses {
+            p.push(("status", s.clone()));
+        }
+        for c in &self.capabilities {
+            p.push(("capability", c.clone()));
+        }
+        if let Some(l) = self.limit {
+            p.push(("limit", l.to_string()));
+        }
+        if let Some(c) = &self.cursor {
+            p.push(("cursor", c.clone()));
+        }
+        p
+    }
+}
+
+/// A connection to one hub. Cheap to clone; connections are pooled.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: Url,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the hub at `base` (`http://127.0.0.1:7878`).
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::BadUrl {
+            url: base.to_owned(),
+            reason,
+        };
+        let mut url = Url::parse(base).map_err(|e| bad(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("must be http or https".into()));
+        }
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self { base: url, http })
+    }
+
+    /// The hub's base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> Result<Url, ClientError> {
+        self.base
+            .join(path.trim_start_matches('/'))
+            .map_err(|e| ClientError::BadUrl {
+                url: path.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let mut req = self.http.request(method, self.url(path)?).query(query);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<Problem>(&bytes) {
+                Ok(p) => ClientError::Api(Box::new(p)),
+                Err(_) => ClientError::Unexpected {
+                    status: status.as_u16(),
+                    detail: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                },
+            });
+        }
+        let body = if bytes.is_empty() {
+            b"null".as_slice()
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(body)
+            .map(|v| (status, v))
+            .map_err(|e| ClientError::Unexpected {
+                status: status.as_u16(),
+                detail: e.to_string(),
+            })
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.to_string(),
+            source,
+        }
+    }
+
+    /// Registers (or updates) an agent; `true` when it is new.
+    pub async fn register_agent(
+        &self,
+        req: &RegisterAgentRequest,
+    ) -> Result<(Agent, bool), ClientError> {
+        let (status, agent) = self
+            .send(Method::POST, "api/v1/agents/register", &[], Some(req))
+            .await?;
+        Ok((agent, status == StatusCode::CREATED))
+    }
+
+    /// Sends a heartbeat.
+    pub async fn heartbeat(&self, id: &str, hb: &HeartbeatRequest) -> Result<Agent, ClientError> {
+        let path = format!("api/v1/agents/{}/heartbeat", encode(id));
+        Ok(self.send(Method::POST, &path, &[], Some(hb)).await?.1)
+    }
+
+    /// One agent.
+    pub async fn get_agent(&self, id: &str) -> Result<Agent, ClientError> {
+        let path = format!("api/v1/agents/{}", encode(id));
+        Ok(self.send::<(), _>(Method::GET, &path, &[], None).await?.1)
+    }
+
+    /// A page of agents.
+    pub async fn list_agents(&self, q: &AgentListQuery) -> Result<AgentList, ClientError> {
+        Ok(self
+            .send::<(), _>(Method::GET, "api/v1/agents", &q.pairs(), None)
+            .await?
+            .1)
+    }
+
+    /// Every agent matching `q`, following cursors.
+    pub async fn list_all_agents(&self, q: &AgentListQuery) -> Result<Vec<Agent>, ClientError> {
+        let mut q = q.clone();
+        let mut all = Vec::new();
+        loop {
+            let page = self.list_agents(&q).await?;
+            all.extend(page.agents);
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Removes an agent.
+    pub async fn remove_agent(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("api/v1/agents/{}", encode(id));
+        self.send::<(), serde_json::Value>(Method::DELETE, &path, &[], None)
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        Ok(self
+            .send::<(), _>(Method::GET, "healthz", &[], None)
+            .await?
+            .1)
+    }
+
+    /// `GET /readyz`.
+    pub async fn ready(&self) -> Result<Health, ClientError> {
+        Ok(self
+            .send::<(), _>(Method::GET, "readyz", &[], None)
+            .await?
+            .1)
+    }
+
+    /// `GET /api/v1/metrics`.
+    pub async fn metrics(&self) -> Result<MetricsReport, ClientError> {
+        Ok(self
+            .send::<(), _>(Method::GET, "api/v1/metrics", &[], None)
+            .await?
+            .1)
+    }
+}
+
+/// Percent-encodes one path segment.
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}

@@ -1,0 +1,259 @@
+//! The hub's configuration: a TOML file, then environment variables, then
+//! flags, each overriding the one before.
+//!
+//! The file is optional and every setting has a default, so `switchboard
+//! serve` runs with none. Unknown keys in the file are errors: a typo must
+//! not silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchboard_api::ApiConfig;
+use switchboard_core::FieldError;
+use switchboard_registry::RegistryConfig;
+use switchboard_store::{SqliteConfig, Synchronous};
+
+use crate::ServerError;
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// The default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "switchboard-data";
+
+/// Everything the hub is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where the store keeps its files.
+    pub data_dir: PathBuf,
+    /// How long in-flight work may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// HTTP settings.
+    pub http: ApiConfig,
+    /// Registry liveness settings.
+    pub registry: RegistryConfig,
+    /// Durability of the embedded store.
+    pub synchronous: Synchronous,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7878))),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            shutdown_grace: Duration::from_secs(30),
+            http: ApiConfig::default(),
+            registry: RegistryConfig::default(),
+            synchronous: Synchronous::Normal,
+        }
+    }
+}
+
+/// Settings given by environment variables or flags; each one given
+/// replaces the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen` / `SWITCHBOARD_LISTEN`.
+    pub listen: Option<String>,
+    /// `--data-dir` / `SWITCHBOARD_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--heartbeat-interval` / `SWITCHBOARD_HEARTBEAT_INTERVAL`.
+    pub heartbeat_interval: Option<String>,
+    /// `--max-body-bytes` / `SWITCHBOARD_MAX_BODY_BYTES`.
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    http: FileHttp,
+    #[serde(default)]
+    registry: FileRegistry,
+    #[serde(default)]
+    store: FileStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    max_body_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRegistry {
+    #[serde(default, with = "humantime_serde")]
+    heartbeat_interval: Option<Duration>,
+    stale_after_missed: Option<u32>,
+    offline_after_missed: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    sweep_interval: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    synchronous: Option<String>,
+}
+
+impl Config {
+    /// Reads `file` (if given), applies `overrides`, and checks the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ServerError> {
+        let parsed = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ServerError::Config(vec![FieldError::new(
+                        "config",
+                        format!("cannot read {}: {e}", path.display()),
+                    )])
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    ServerError::Config(vec![FieldError::new(
+                        path.display().to_string(),
+                        e.to_string().trim_end().to_owned(),
+                    )])
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::build(parsed, overrides)
+    }
+
+    /// Parses TOML text (no file) and applies `overrides`.
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Self, ServerError> {
+        let parsed = toml::from_str::<FileConfig>(text).map_err(|e| {
+            ServerError::Config(vec![FieldError::new(
+                "config",
+                e.to_string().trim_end().to_owned(),
+            )])
+        })?;
+        Self::build(parsed, overrides)
+    }
+
+    fn build(f: FileConfig, o: &Overrides) -> Result<Self, ServerError> {
+        let mut c = Config::default();
+        let mut errs = Vec::new();
+        if let Some(listen) = o.listen.as_deref().or(f.listen.as_deref()) {
+            match listen.parse() {
+                Ok(a) => c.listen = a,
+                Err(_) => errs.push(FieldError::new(
+                    "listen",
+                    format!("{listen:?} is not an ADDRESS:PORT like 127.0.0.1:7878"),
+                )),
+            }
+        }
+        if let Some(d) = o.data_dir.clone().or(f.data_dir) {
+            c.data_dir = d;
+        }
+        if let Some(g) = f.shutdown_grace {
+            c.shutdown_grace = g;
+        }
+        if let Some(n) = o.max_body_bytes.or(f.http.max_body_bytes) {
+            if n < 1024 {
+                errs.push(FieldError::new(
+                    "http.max_body_bytes",
+                    "must be at least 1024",
+                ));
+            }
+            c.http.max_body_bytes = n;
+        }
+        if let Some(t) = f.http.request_timeout {
+            c.http.request_timeout = t;
+        }
+        if let Some(h) = &o.heartbeat_interval {
+            match humantime::parse_duration(h) {
+                Ok(d) => c.registry.heartbeat_interval = d,
+                Err(e) => errs.push(FieldError::new(
+                    "registry.heartbeat_interval",
+                    format!("{h:?} is not a duration like 30s ({e})"),
+                )),
+            }
+        } else if let Some(d) = f.registry.heartbeat_interval {
+            c.registry.heartbeat_interval = d;
+        }
+        if let Some(n) = f.registry.stale_after_missed {
+            c.registry.stale_after_missed = n;
+        }
+        if let Some(n) = f.registry.offline_after_missed {
+            c.registry.offline_after_missed = n;
+        }
+        if f.registry.sweep_interval.is_some() {
+            c.registry.sweep_interval = f.registry.sweep_interval;
+        }
+        if let Some(s) = f.store.synchronous {
+            match s.parse() {
+                Ok(v) => c.synchronous = v,
+                Err(reason) => errs.push(FieldError::new("store.synchronous", reason)),
+            }
+        }
+        if let Err(mut e) = c.registry.validate() {
+            errs.append(&mut e);
+        }
+        if errs.is_empty() {
+            Ok(c)
+        } else {
+            Err(ServerError::Config(errs))
+        }
+    }
+
+    /// The store settings this configuration implies.
+    pub fn store(&self) -> SqliteConfig {
+        let mut s = SqliteConfig::new(&self.data_dir);
+        s.synchronous = self.synchronous;
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file() {
+        let text = r#"
+            listen = "127.0.0.1:9000"
+            data_dir = "/from/file"
+            [registry]
+            heartbeat_interval = "5s"
+            stale_after_missed = 2
+            offline_after_missed = 4
+        "#;
+        let c = Config::from_toml(text, &Overrides::default()).expect("valid");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.registry.heartbeat_interval, Duration::from_secs(5));
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            heartbeat_interval: Some("250ms".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml(text, &o).expect("valid");
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.registry.heartbeat_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn names_bad_settings() {
+        let Err(ServerError::Config(errs)) = Config::from_toml(
+            "listen = \"nowhere\"\n[registry]\nstale_after_missed = 5\noffline_after_missed = 5\n",
+            &Overrides::default(),
+        ) else {
+            panic!("expected a config error");
+        };
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["listen", "registry.offline_after_missed"]);
+        assert!(Config::from_toml("lisen = 1", &Overrides::default()).is_err());
+    }
+}

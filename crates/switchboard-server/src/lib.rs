@@ -1,0 +1,142 @@
+//! The hub: wires the store, the components and the API together, and runs
+//! them until shutdown.
+//!
+//! Layout:
+//! - [`config`]: [`Config`], loaded from TOML, environment and flags.
+//! - [`Hub`]: an opened hub (store open, components built), ready to serve
+//!   on a listener; [`run`] opens and serves in one call.
+//!
+//! Shutdown has two halves: a [`CancellationToken`] tells every worker and
+//! the HTTP server to stop taking work, then the hub waits for in-flight
+//! requests and workers, bounded by `shutdown_grace`, and closes the store.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use switchboard_api::{AppState, Checks};
+use switchboard_core::{Clock, FieldError, StorageError};
+use switchboard_registry::Registry;
+use switchboard_store::SqliteStore;
+use switchboard_telemetry::Metrics;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod config;
+
+pub use config::{Config, Overrides};
+
+/// What stops a hub from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is wrong; every bad setting is listed.
+    #[error("invalid configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Config(Vec<FieldError>),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StorageError),
+    /// Listening or serving failed.
+    #[error("serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An opened hub.
+pub struct Hub {
+    config: Config,
+    store: SqliteStore,
+    state: AppState,
+}
+
+impl Hub {
+    /// Opens the store and builds every component.
+    pub async fn open(config: Config) -> Result<Self, ServerError> {
+        let store = SqliteStore::open(&config.store()).await?;
+        let registry = Registry::new(
+            Arc::new(store.clone()),
+            config.registry.clone(),
+            Clock::system(),
+        );
+        let state = AppState {
+            registry,
+            metrics: Metrics::new(),
+            checks: Checks::new(vec![Arc::new(store.clone())]),
+            config: config.http.clone(),
+        };
+        Ok(Self {
+            config,
+            store,
+            state,
+        })
+    }
+
+    /// The registry handle.
+    pub fn registry(&self) -> &Registry {
+        &self.state.registry
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let grace = self.config.shutdown_grace;
+
+        tracker.spawn(self.state.registry.sweeper().run(token.child_token()));
+        {
+            let token = token.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                tracing::info!("shutdown requested; finishing in-flight requests");
+                token.cancel();
+            });
+        }
+
+        let app = switchboard_api::router(self.state.clone());
+        // Small requests and answers must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(token.clone().cancelled_owned())
+            .into_future();
+        let mut server = tokio::spawn(server);
+        let served = tokio::select! {
+            r = &mut server => r,
+            _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "in-flight requests still running after the grace period; closing them");
+                server.abort();
+                server.await
+            }
+        };
+        token.cancel();
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "background workers still running after the grace period"
+            );
+        }
+        self.store.close().await;
+        tracing::info!("hub stopped");
+        match served {
+            Ok(r) => r.map_err(ServerError::Io),
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(ServerError::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Opens a hub with `config` and serves on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    Hub::open(config).await?.serve(listener, shutdown).await
+}

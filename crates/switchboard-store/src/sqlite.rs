@@ -1,0 +1,166 @@
+//! The embedded SQLite backend.
+//!
+//! One database file, `switchboard.db`, in WAL mode. Writes go through a
+//! single connection: SQLite allows one writer at a time, and one connection
+//! queues writers in the pool instead of making them spin on `SQLITE_BUSY`.
+//! Reads use a separate pool of read-only connections, which WAL lets run
+//! beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use switchboard_core::{Readiness, StorageError, StorageErrorKind};
+
+use crate::storage_error;
+
+mod agents;
+
+/// The name of the database file under the data directory.
+pub const DB_FILE: &str = "switchboard.db";
+
+/// When SQLite waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Commits survive a crash of the process (`kill -9`); the last commits
+    /// before a power loss may be lost. One fsync per checkpoint, not per
+    /// commit.
+    #[default]
+    Normal,
+    /// Commits also survive a power loss; one fsync per commit.
+    Full,
+}
+
+impl FromStr for Synchronous {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "normal" => Ok(Self::Normal),
+            "full" => Ok(Self::Full),
+            other => Err(format!("must be normal or full, not {other:?}")),
+        }
+    }
+}
+
+/// Settings of the SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The directory that holds the database; created if missing.
+    pub data_dir: PathBuf,
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+    /// Read connections.
+    pub readers: u32,
+}
+
+impl SqliteConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            synchronous: Synchronous::Normal,
+            readers: 4,
+        }
+    }
+}
+
+/// The SQLite store. Cheap to clone: the pools are shared.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database under `config.data_dir` and
+    /// brings its schema up to date.
+    pub async fn open(config: &SqliteConfig) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StorageError::new(
+                StorageErrorKind::Unavailable,
+                format!("create data directory {}: {e}", config.data_dir.display()),
+            )
+        })?;
+        let path = config.data_dir.join(DB_FILE);
+        let sync = match config.synchronous {
+            Synchronous::Normal => SqliteSynchronous::Normal,
+            Synchronous::Full => SqliteSynchronous::Full,
+        };
+        let base = SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sync)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(|e| storage_error(&format!("open {}", path.display()), e))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| {
+                StorageError::new(
+                    StorageErrorKind::Other,
+                    format!("migrate {}: {e}", path.display()),
+                )
+            })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(config.readers.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(|e| storage_error(&format!("open {} for reading", path.display()), e))?;
+        tracing::info!(path = %path.display(), "store opened");
+        Ok(Self {
+            writer,
+            reader,
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes both pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+impl Readiness for SqliteStore {
+    fn name(&self) -> &str {
+        "sqlite"
+    }
+
+    fn check(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>>
+    {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.reader)
+                .await
+                .map_err(|e| storage_error("readiness read", e))?;
+            sqlx::query("SELECT 1")
+                .execute(&self.writer)
+                .await
+                .map_err(|e| storage_error("readiness write connection", e))?;
+            Ok(())
+        })
+    }
+}

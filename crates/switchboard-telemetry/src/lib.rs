@@ -1,0 +1,199 @@
+//! Metrics of the hub.
+//!
+//! [`Metrics`] owns a Prometheus registry and the families every component
+//! records into; `GET /metrics` renders it with [`Metrics::encode`]. It also
+//! keeps running totals that the JSON metrics (`GET /api/v1/metrics`) report
+//! without walking the histograms.
+//!
+//! Label values are always bounded sets (route templates, not paths; status
+//! codes; agent statuses), so no request can grow the registry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The media type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The request method.
+    pub method: String,
+    /// The matched route template (`/api/v1/agents/{id}`), or `unmatched`.
+    pub route: String,
+    /// The response status code.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// The hub's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    agents: Family<StatusLabel, Gauge>,
+    started: Instant,
+    requests_total: AtomicU64,
+    server_errors_total: AtomicU64,
+    latency_micros_total: AtomicU64,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 13 s, doubling.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 18,
+    ))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchboard");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            http_requests.clone(),
+        );
+        let http_duration =
+            Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests, by method, route and status",
+            http_duration.clone(),
+        );
+        let agents = Family::<StatusLabel, Gauge>::default();
+        registry.register("agents", "Registered agents by status", agents.clone());
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                http_requests,
+                http_duration,
+                agents,
+                started: Instant::now(),
+                requests_total: AtomicU64::new(0),
+                server_errors_total: AtomicU64::new(0),
+                latency_micros_total: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Records one answered HTTP request.
+    pub fn observe_http(&self, labels: HttpLabels, elapsed: Duration) {
+        let i = &self.inner;
+        if labels.status >= 500 {
+            i.server_errors_total.fetch_add(1, Ordering::Relaxed);
+        }
+        i.requests_total.fetch_add(1, Ordering::Relaxed);
+        i.latency_micros_total.fetch_add(
+            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        i.http_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        i.http_requests.get_or_create(&labels).inc();
+    }
+
+    /// Sets the number of agents in a status.
+    pub fn set_agents(&self, status: &str, count: u64) {
+        self.inner
+            .agents
+            .get_or_create(&StatusLabel {
+                status: status.to_owned(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
+    }
+
+    /// HTTP totals since start.
+    pub fn http_totals(&self) -> HttpTotals {
+        let i = &self.inner;
+        let requests = i.requests_total.load(Ordering::Relaxed);
+        let errors = i.server_errors_total.load(Ordering::Relaxed);
+        let micros = i.latency_micros_total.load(Ordering::Relaxed);
+        HttpTotals {
+            requests,
+            server_errors: errors,
+            mean_latency_ms: if requests == 0 {
+                0.0
+            } else {
+                micros as f64 / requests as f64 / 1000.0
+            },
+        }
+    }
+
+    /// Time since these metrics were created (the hub's start).
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+}
+
+/// Running HTTP totals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpTotals {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub server_errors: u64,
+    /// Mean time to answer, in milliseconds.
+    pub mean_latency_ms: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_encodes() {
+        let m = Metrics::new();
+        let labels = |status| HttpLabels {
+            method: "GET".into(),
+            route: "/healthz".into(),
+            status,
+        };
+        m.observe_http(labels(200), Duration::from_millis(2));
+        m.observe_http(labels(503), Duration::from_millis(4));
+        m.set_agents("active", 3);
+        let text = m.encode();
+        assert!(text.contains(
+            r#"switchboard_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
+        ));
+        assert!(text.contains(r#"switchboard_agents{status="active"} 3"#));
+        let t = m.http_totals();
+        assert_eq!((t.requests, t.server_errors), (2, 1));
+        assert!((t.mean_latency_ms - 3.0).abs() < 0.01);
+    }
+}

@@ -1,0 +1,19 @@
+//! The JSON bodies of the HTTP API: what clients send and what the hub
+//! answers. The server (`switchboard-api`) and the client
+//! (`switchboard-client`) both use these types, so they cannot drift apart.
+//!
+//! Layout:
+//! - [`agents`]: registration, heartbeat and listing bodies.
+//! - [`problem`]: the `application/problem+json` error body.
+//! - [`system`]: health, readiness and the JSON metrics.
+//!
+//! Request types refuse unknown fields; response types ignore them, so an
+//! older client keeps working against a newer hub.
+
+pub mod agents;
+pub mod problem;
+pub mod system;
+
+pub use agents::*;
+pub use problem::*;
+pub use system::*;
