@@ -70,7 +70,7 @@ pub(crate) async fn run(
             Mode::Max => None,
         };
         tasks.push(tokio::spawn(async move {
-            worker(addr, w, period, start, deadline, make).await
+            worker(addr, w, workers, period, start, deadline, make).await
         }));
     }
     let mut total = Outcome {
@@ -92,6 +92,7 @@ pub(crate) async fn run(
 async fn worker(
     addr: SocketAddr,
     w: usize,
+    workers: usize,
     period: Option<Duration>,
     start: Instant,
     deadline: Instant,
@@ -107,8 +108,8 @@ async fn worker(
     });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);
-    // Spread the workers' schedules across one period.
-    let offset = period.map_or(Duration::ZERO, |p| p.mul_f64(w as f64 / 64.0 % 1.0));
+    // Spread the workers' schedules evenly across one period.
+    let offset = period.map_or(Duration::ZERO, |p| p.mul_f64(w as f64 / workers as f64));
     let mut i = 0u64;
     loop {
         let scheduled = match period {
@@ -118,10 +119,18 @@ async fn worker(
         if scheduled >= deadline {
             break;
         }
-        let now = Instant::now();
-        if scheduled > now {
+        // Latency counts from the scheduled time when the server made us
+        // late (the previous answer came after this request was due: no
+        // coordinated omission), and from the actual send when the
+        // connection was idle, so the timer's own lateness (tokio timers
+        // have millisecond resolution) is not charged to the server.
+        let due = Instant::now();
+        let measure_from = if scheduled > due {
             tokio::time::sleep_until(scheduled.into()).await;
-        }
+            Instant::now()
+        } else {
+            scheduled
+        };
         let (method, path, body) = make(w, i);
         let mut req = Request::builder()
             .method(method)
@@ -135,7 +144,7 @@ async fn worker(
         let resp = send.send_request(req).await?;
         let ok = resp.status().is_success();
         resp.into_body().collect().await?;
-        let took = scheduled.elapsed();
+        let took = measure_from.elapsed();
         hist.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1))?;
         requests += 1;
         if !ok {

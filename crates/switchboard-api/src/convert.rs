@@ -54,6 +54,15 @@ pub(crate) fn agent(a: reg::Agent) -> wire::Agent {
     }
 }
 
+pub(crate) fn ack(a: reg::HeartbeatAck) -> wire::HeartbeatAck {
+    wire::HeartbeatAck {
+        agent_id: a.agent_id,
+        status: status(a.status),
+        recorded_at: time(a.recorded_at),
+        heartbeat_interval_ms: a.interval_ms,
+    }
+}
+
 pub(crate) fn registration(r: wire::RegisterAgentRequest) -> reg::Registration {
     reg::Registration {
         id: r.id,

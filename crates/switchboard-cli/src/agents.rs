@@ -174,7 +174,7 @@ pub(crate) async fn run(hub: &str, json: bool, cmd: AgentsCommand) -> anyhow::Re
                     anyhow::bail!("--status {other:?} is not one of active, idle, busy, draining")
                 }
             };
-            let agent = client
+            let ack = client
                 .heartbeat(
                     &id,
                     &HeartbeatRequest {
@@ -185,9 +185,14 @@ pub(crate) async fn run(hub: &str, json: bool, cmd: AgentsCommand) -> anyhow::Re
                 )
                 .await?;
             if json {
-                output::json(&agent)
+                output::json(&ack)
             } else {
-                println!("agent {} is {}", agent.id, status_name(&agent));
+                let status = serde_json::to_value(ack.status)?;
+                println!(
+                    "agent {} is {}",
+                    ack.agent_id,
+                    status.as_str().unwrap_or_default()
+                );
                 Ok(())
             }
         }

@@ -15,7 +15,8 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_wire::{
-    Agent, AgentList, Health, HeartbeatRequest, MetricsReport, Problem, RegisterAgentRequest,
+    Agent, AgentList, Health, HeartbeatAck, HeartbeatRequest, MetricsReport, Problem,
+    RegisterAgentRequest,
 };
 use url::Url;
 
@@ -31,7 +32,7 @@ pub enum ClientError {
         reason: String,
     },
     /// No connection could be made, or it broke.
-    #[error("cannot reach the hub at {url}: {source}")]
+    #[error("cannot reach the hub at {url}")]
     Unreachable {
         /// The hub's base URL.
         url: String,
@@ -202,7 +203,11 @@ impl Client {
     }
 
     /// Sends a heartbeat.
-    pub async fn heartbeat(&self, id: &str, hb: &HeartbeatRequest) -> Result<Agent, ClientError> {
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        hb: &HeartbeatRequest,
+    ) -> Result<HeartbeatAck, ClientError> {
         let path = format!("api/v1/agents/{}/heartbeat", encode(id));
         Ok(self.send(Method::POST, &path, &[], Some(hb)).await?.1)
     }

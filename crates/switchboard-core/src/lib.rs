@@ -85,7 +85,7 @@ pub enum StorageErrorKind {
 }
 
 /// An error from a storage backend.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("storage {kind:?}: {message}")]
 pub struct StorageError {
     kind: StorageErrorKind,

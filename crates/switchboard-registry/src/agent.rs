@@ -102,9 +102,36 @@ pub struct Agent {
     pub last_heartbeat_at: UnixMillis,
     /// When `status` last changed.
     pub status_changed_at: UnixMillis,
+    /// Counts the changes of `status`; storage keeps the newest.
+    pub status_version: u64,
 }
 
 impl Agent {
+    /// The part of the agent that heartbeats and the sweeper change.
+    pub fn liveness(&self) -> Liveness {
+        Liveness {
+            status: self.status,
+            reported_status: self.reported_status,
+            current_tasks: self.current_tasks,
+            performance_metrics: self.performance_metrics.clone(),
+            last_heartbeat_at: self.last_heartbeat_at,
+            status_changed_at: self.status_changed_at,
+            status_version: self.status_version,
+        }
+    }
+
+    /// Replaces the agent's liveness with a newer one.
+    pub fn set_liveness(&mut self, live: Liveness) {
+        self.updated_at = self.updated_at.max(live.last_heartbeat_at);
+        self.status = live.status;
+        self.reported_status = live.reported_status;
+        self.current_tasks = live.current_tasks;
+        self.performance_metrics = live.performance_metrics;
+        self.last_heartbeat_at = live.last_heartbeat_at;
+        self.status_changed_at = live.status_changed_at;
+        self.status_version = live.status_version;
+    }
+
     /// Load as a fraction of capacity, when the capacity is known.
     pub fn load(&self) -> Option<f64> {
         self.max_concurrent_tasks
@@ -278,6 +305,41 @@ impl Heartbeat {
         }
         errs.finish()
     }
+}
+
+/// The volatile part of an agent: what heartbeats and the liveness
+/// sweeper change, many times a second across a fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Liveness {
+    /// Current status.
+    pub status: AgentStatus,
+    /// The status the agent last reported.
+    pub reported_status: AgentStatus,
+    /// Tasks in hand, as last reported.
+    pub current_tasks: u32,
+    /// Numbers reported with the last heartbeat.
+    pub performance_metrics: Map<String, Value>,
+    /// Last sign of life.
+    pub last_heartbeat_at: UnixMillis,
+    /// When `status` last changed.
+    pub status_changed_at: UnixMillis,
+    /// Counts the changes of `status`. Storage applies a status only when
+    /// its version is newer than the stored one, so writes that arrive out
+    /// of order cannot bring an old status back.
+    pub status_version: u64,
+}
+
+/// What the hub answers a heartbeat with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatAck {
+    /// The agent.
+    pub agent_id: String,
+    /// Its status after the heartbeat.
+    pub status: AgentStatus,
+    /// When the hub recorded the heartbeat.
+    pub recorded_at: UnixMillis,
+    /// When to send the next one.
+    pub interval_ms: u64,
 }
 
 /// A change of status the hub made or saw.

@@ -5,10 +5,19 @@
 //! - [`agent`]: the [`Agent`] and the inputs that change it
 //!   ([`Registration`], [`Heartbeat`]), with their validation.
 //! - [`store`]: the [`AgentStore`] trait that storage backends implement.
+//! - `live`: the in-memory liveness table that heartbeats write to.
 //! - [`sweeper`]: the [`Sweeper`] worker that marks silent agents stale,
-//!   then offline.
+//!   then offline, and writes heartbeats behind to the store.
 //!
 //! [`Registry`] is the handle the rest of the hub uses; it is cheap to clone.
+//!
+//! Durability: a registration, a removal and every change of status are
+//! written to the store before they are acknowledged. A heartbeat that
+//! changes nothing but the time and figures is acknowledged from memory and
+//! written behind within `flush_interval`, all dirty agents in one write:
+//! heartbeats are soft state, and writing each one would cost the store far
+//! more than it is worth. A crash loses at most `flush_interval` of such
+//! heartbeats, which the liveness rules absorb.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +26,18 @@ use switchboard_core::{Clock, UnixMillis, ident};
 
 pub mod agent;
 mod error;
+mod live;
 pub mod store;
 mod sweeper;
 
-pub use agent::{Agent, AgentStatus, Heartbeat, Registration, StatusChange, ValidRegistration};
+pub use agent::{
+    Agent, AgentStatus, Heartbeat, HeartbeatAck, Liveness, Registration, StatusChange,
+    ValidRegistration,
+};
 pub use error::RegistryError;
-pub use store::{AgentFilter, AgentPage, AgentStore, HeartbeatOutcome};
+pub use store::{AgentFilter, AgentPage, AgentStore};
+
+use live::LiveTable;
 pub use sweeper::Sweeper;
 
 /// The largest page a listing returns.
@@ -39,6 +54,8 @@ pub struct RegistryConfig {
     pub offline_after_missed: u32,
     /// How often the sweeper looks; half the heartbeat interval when unset.
     pub sweep_interval: Option<Duration>,
+    /// How often heartbeats are written behind to the store.
+    pub flush_interval: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -48,6 +65,7 @@ impl Default for RegistryConfig {
             stale_after_missed: 3,
             offline_after_missed: 10,
             sweep_interval: None,
+            flush_interval: Duration::from_secs(1),
         }
     }
 }
@@ -79,6 +97,9 @@ impl RegistryConfig {
         if self.stale_after_missed == 0 {
             errs.push("registry.stale_after_missed", "must be at least 1");
         }
+        if self.flush_interval < Duration::from_millis(10) {
+            errs.push("registry.flush_interval", "must be at least 10ms");
+        }
         if self.offline_after_missed <= self.stale_after_missed {
             errs.push(
                 "registry.offline_after_missed",
@@ -108,6 +129,7 @@ pub struct Registry {
 
 struct Shared {
     store: Arc<dyn AgentStore>,
+    live: LiveTable,
     config: RegistryConfig,
     clock: Clock,
     /// When this hub started; silence before it is not held against agents.
@@ -115,17 +137,23 @@ struct Shared {
 }
 
 impl Registry {
-    /// Builds a registry over `store`.
-    pub fn new(store: Arc<dyn AgentStore>, config: RegistryConfig, clock: Clock) -> Self {
+    /// Opens the registry over `store`, loading every agent's liveness.
+    pub async fn open(
+        store: Arc<dyn AgentStore>,
+        config: RegistryConfig,
+        clock: Clock,
+    ) -> Result<Self, RegistryError> {
+        let live = LiveTable::new(store.load_liveness().await?);
         let started_at = clock.now_ms();
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared {
                 store,
+                live,
                 config,
                 clock,
                 started_at,
             }),
-        }
+        })
     }
 
     /// The liveness settings.
@@ -137,6 +165,10 @@ impl Registry {
         self.shared.store.as_ref()
     }
 
+    fn live(&self) -> &LiveTable {
+        &self.shared.live
+    }
+
     fn clock(&self) -> &Clock {
         &self.shared.clock
     }
@@ -145,7 +177,8 @@ impl Registry {
         self.shared.started_at
     }
 
-    /// The worker that applies the liveness rules; run it once per hub.
+    /// The worker that applies the liveness rules and writes heartbeats
+    /// behind; run it once per hub.
     pub fn sweeper(&self) -> Sweeper {
         Sweeper {
             registry: self.clone(),
@@ -157,7 +190,12 @@ impl Registry {
     pub async fn register(&self, reg: Registration) -> Result<(Agent, bool), RegistryError> {
         let valid = reg.validate().map_err(RegistryError::Invalid)?;
         let now = self.clock().now_ms();
-        let (agent, created) = self.store().upsert_agent(&valid, now).await?;
+        let min_version = self
+            .live()
+            .get(&valid.registration().id)
+            .map_or(0, |l| l.status_version + 1);
+        let (agent, created) = self.store().upsert_agent(&valid, min_version, now).await?;
+        self.live().put(&agent.id, agent.liveness());
         if created {
             tracing::info!(agent_id = %agent.id, agent_type = %agent.agent_type, "agent registered");
         } else {
@@ -167,44 +205,68 @@ impl Registry {
     }
 
     /// Records a heartbeat; a stale or offline agent comes back to the
-    /// status it reports.
-    pub async fn heartbeat(&self, id: &str, hb: Heartbeat) -> Result<Agent, RegistryError> {
+    /// status it reports. A change of status is stored before this returns.
+    pub async fn heartbeat(&self, id: &str, hb: Heartbeat) -> Result<HeartbeatAck, RegistryError> {
         check_id(id)?;
         hb.validate().map_err(RegistryError::Invalid)?;
         let now = self.clock().now_ms();
-        let outcome = self
-            .store()
-            .record_heartbeat(id, &hb, now)
-            .await?
+        let beat = self
+            .live()
+            .beat(id, &hb, now)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
-        if let Some(c) = &outcome.change {
-            tracing::info!(agent_id = %c.agent_id, from = c.from.as_str(), to = c.to.as_str(), "agent status changed");
+        if let Some((live, change)) = beat.change {
+            let batch = [(id.to_owned(), live)];
+            if let Err(e) = self.store().save_liveness(&batch).await {
+                // Memory is ahead of the store; the next flush retries.
+                self.live().mark_dirty([&batch[0].0]);
+                return Err(e.into());
+            }
+            tracing::info!(agent_id = %change.agent_id, from = change.from.as_str(), to = change.to.as_str(), "agent status changed");
         }
-        Ok(outcome.agent)
+        Ok(HeartbeatAck {
+            agent_id: id.to_owned(),
+            status: beat.status,
+            recorded_at: now,
+            interval_ms: u64::try_from(self.config().heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+        })
+    }
+
+    /// The agent with its latest liveness.
+    fn with_live(&self, mut agent: Agent) -> Agent {
+        if let Some(live) = self.live().get(&agent.id) {
+            agent.set_liveness(live);
+        }
+        agent
     }
 
     /// One agent.
     pub async fn get(&self, id: &str) -> Result<Agent, RegistryError> {
         check_id(id)?;
-        self.store()
+        let agent = self
+            .store()
             .get_agent(id)
             .await?
-            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        Ok(self.with_live(agent))
     }
 
     /// A page of agents matching the query.
     pub async fn list(&self, q: &AgentQuery) -> Result<AgentPage, RegistryError> {
         let limit = q.limit.clamp(1, MAX_PAGE);
-        Ok(self
+        let mut page = self
             .store()
             .list_agents(&q.filter, q.after.as_deref(), limit)
-            .await?)
+            .await?;
+        page.agents = page.agents.into_iter().map(|a| self.with_live(a)).collect();
+        Ok(page)
     }
 
     /// Removes an agent.
     pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
         check_id(id)?;
         if self.store().delete_agent(id).await? {
+            self.live().remove(id);
             tracing::info!(agent_id = %id, "agent removed");
             Ok(())
         } else {
@@ -213,15 +275,25 @@ impl Registry {
     }
 
     /// How many agents are in each status; every status is present.
-    pub async fn count_by_status(&self) -> Result<Vec<(AgentStatus, u64)>, RegistryError> {
-        let counts = self.store().count_by_status().await?;
-        Ok(AgentStatus::ALL
+    pub fn count_by_status(&self) -> Vec<(AgentStatus, u64)> {
+        let counts = self.live().counts();
+        AgentStatus::ALL
             .into_iter()
-            .map(|st| {
-                let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
-                (st, n)
-            })
-            .collect())
+            .map(|st| (st, counts.get(&st).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Writes every heartbeat not yet stored.
+    pub async fn flush(&self) -> Result<usize, RegistryError> {
+        let dirty = self.live().take_dirty();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store().save_liveness(&dirty).await {
+            self.live().mark_dirty(dirty.iter().map(|(id, _)| id));
+            return Err(e.into());
+        }
+        Ok(dirty.len())
     }
 }
 

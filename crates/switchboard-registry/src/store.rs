@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use switchboard_core::{StorageError, UnixMillis};
 
-use crate::agent::{Agent, AgentStatus, Heartbeat, StatusChange, ValidRegistration};
+use crate::agent::{Agent, AgentStatus, Liveness, ValidRegistration};
 
 /// Which agents a listing returns.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,34 +27,29 @@ pub struct AgentPage {
     pub next_after: Option<String>,
 }
 
-/// The result of storing a heartbeat.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeartbeatOutcome {
-    /// The agent after the heartbeat.
-    pub agent: Agent,
-    /// The change of status, when the heartbeat made one.
-    pub change: Option<StatusChange>,
-}
-
 /// Storage for agents. Implementations must make every method atomic.
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
     /// Inserts or replaces the registration of `reg.id`, keeping its first
-    /// registration time; a registration counts as a heartbeat. Returns the
-    /// stored agent and whether it was new.
+    /// registration time; a registration counts as a heartbeat, restores
+    /// the status the agent last reported and sets the status version to
+    /// at least `min_status_version`. Returns the stored agent and whether
+    /// it was new.
     async fn upsert_agent(
         &self,
         reg: &ValidRegistration,
+        min_status_version: u64,
         now: UnixMillis,
     ) -> Result<(Agent, bool), StorageError>;
 
-    /// Records a heartbeat; `None` when no such agent exists.
-    async fn record_heartbeat(
-        &self,
-        id: &str,
-        hb: &Heartbeat,
-        now: UnixMillis,
-    ) -> Result<Option<HeartbeatOutcome>, StorageError>;
+    /// Writes the liveness of several agents. The status fields of an
+    /// agent are written only when the given `status_version` is newer
+    /// than the stored one; the last heartbeat time never moves back.
+    /// Agents that no longer exist are skipped.
+    async fn save_liveness(&self, batch: &[(String, Liveness)]) -> Result<(), StorageError>;
+
+    /// The liveness of every agent, to start from.
+    async fn load_liveness(&self) -> Result<Vec<(String, Liveness)>, StorageError>;
 
     /// One agent by id.
     async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StorageError>;
@@ -69,17 +64,4 @@ pub trait AgentStore: Send + Sync + 'static {
 
     /// Removes an agent; whether it existed.
     async fn delete_agent(&self, id: &str) -> Result<bool, StorageError>;
-
-    /// How many agents are in each status (statuses with none are absent).
-    async fn count_by_status(&self) -> Result<Vec<(AgentStatus, u64)>, StorageError>;
-
-    /// Moves every agent whose last sign of life is before `seen_before`
-    /// (and whose status is one of `from`) to `to`; returns the changes.
-    async fn mark_lapsed(
-        &self,
-        from: &[AgentStatus],
-        to: AgentStatus,
-        seen_before: UnixMillis,
-        now: UnixMillis,
-    ) -> Result<Vec<StatusChange>, StorageError>;
 }

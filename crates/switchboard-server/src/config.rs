@@ -100,6 +100,8 @@ struct FileRegistry {
     offline_after_missed: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     sweep_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    flush_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +190,9 @@ impl Config {
         }
         if let Some(n) = f.registry.offline_after_missed {
             c.registry.offline_after_missed = n;
+        }
+        if let Some(d) = f.registry.flush_interval {
+            c.registry.flush_interval = d;
         }
         if f.registry.sweep_interval.is_some() {
             c.registry.sweep_interval = f.registry.sweep_interval;

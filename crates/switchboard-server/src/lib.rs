@@ -36,6 +36,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] StorageError),
+    /// The registry could not be loaded.
+    #[error("registry: {0}")]
+    Registry(String),
     /// Listening or serving failed.
     #[error("serve: {0}")]
     Io(#[from] std::io::Error),
@@ -52,11 +55,13 @@ impl Hub {
     /// Opens the store and builds every component.
     pub async fn open(config: Config) -> Result<Self, ServerError> {
         let store = SqliteStore::open(&config.store()).await?;
-        let registry = Registry::new(
+        let registry = Registry::open(
             Arc::new(store.clone()),
             config.registry.clone(),
             Clock::system(),
-        );
+        )
+        .await
+        .map_err(|e| ServerError::Registry(e.to_string()))?;
         let state = AppState {
             registry,
             metrics: Metrics::new(),

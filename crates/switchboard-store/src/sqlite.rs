@@ -14,10 +14,15 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use switchboard_core::{Readiness, StorageError, StorageErrorKind};
+use tokio_util::sync::CancellationToken;
 
 use crate::storage_error;
 
 mod agents;
+mod batch;
+
+use agents::LivenessWrite;
+use batch::Batcher;
 
 /// The name of the database file under the data directory.
 pub const DB_FILE: &str = "switchboard.db";
@@ -72,8 +77,34 @@ impl SqliteConfig {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     writer: SqlitePool,
+    /// Group commit of agent liveness (status changes, heartbeats).
+    liveness: Batcher<LivenessWrite>,
     reader: SqlitePool,
+    /// One connection that copies the WAL into the database file.
+    checkpoints: SqlitePool,
+    stop_checkpoints: CancellationToken,
     path: PathBuf,
+}
+
+/// How often the WAL is checkpointed.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies committed pages from the WAL into the database file, without
+/// blocking the writer (PASSIVE), every [`CHECKPOINT_EVERY`]. Keeping this
+/// off the writer keeps the fsyncs of a checkpoint out of commit latency.
+async fn checkpointer(pool: SqlitePool, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                    tracing::warn!(%error, "WAL checkpoint failed");
+                }
+            }
+        }
+    }
 }
 
 impl SqliteStore {
@@ -97,7 +128,10 @@ impl SqliteStore {
             .synchronous(sync)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // Checkpoints run in the background (see `checkpointer`), not
+            // inside whichever commit happens to cross the threshold.
+            .pragma("wal_autocheckpoint", "0");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -119,13 +153,23 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(config.readers.max(1))
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(base.read_only(true))
+            .connect_with(base.clone().read_only(true))
             .await
             .map_err(|e| storage_error(&format!("open {} for reading", path.display()), e))?;
+        let checkpoints = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(base)
+            .await
+            .map_err(|e| storage_error(&format!("open {} for checkpoints", path.display()), e))?;
+        let stop = CancellationToken::new();
+        tokio::spawn(checkpointer(checkpoints.clone(), stop.clone()));
         tracing::info!(path = %path.display(), "store opened");
         Ok(Self {
+            liveness: Batcher::start(writer.clone(), LivenessWrite),
             writer,
             reader,
+            checkpoints,
+            stop_checkpoints: stop,
             path,
         })
     }
@@ -135,9 +179,18 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Closes both pools, waiting for connections in use to be returned.
+    /// Checkpoints the WAL into the database file and closes every pool,
+    /// waiting for connections in use to be returned.
     pub async fn close(&self) {
+        self.stop_checkpoints.cancel();
         self.reader.close().await;
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.checkpoints)
+            .await
+        {
+            tracing::warn!(%error, "final checkpoint failed");
+        }
+        self.checkpoints.close().await;
         self.writer.close().await;
     }
 }

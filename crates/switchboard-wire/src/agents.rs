@@ -94,6 +94,19 @@ pub struct HeartbeatRequest {
     pub performance_metrics: Option<BTreeMap<String, f64>>,
 }
 
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatAck {
+    /// The agent.
+    pub agent_id: String,
+    /// Its status after the heartbeat.
+    pub status: AgentStatus,
+    /// When the hub recorded the heartbeat.
+    pub recorded_at: DateTime<Utc>,
+    /// Send the next heartbeat within this many milliseconds.
+    pub heartbeat_interval_ms: u64,
+}
+
 /// An agent as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Agent {

@@ -6,7 +6,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use switchboard_core::FieldError;
 use switchboard_registry::{AgentFilter, AgentQuery, AgentStatus, MAX_PAGE, Registry};
-use switchboard_wire::{Agent, AgentList, HeartbeatRequest, Problem, RegisterAgentRequest};
+use switchboard_wire::{
+    Agent, AgentList, HeartbeatAck, HeartbeatRequest, Problem, RegisterAgentRequest,
+};
 
 use crate::convert;
 use crate::error::ApiError;
@@ -48,7 +50,9 @@ pub(crate) async fn register(
     Ok((status, headers, Json(convert::agent(agent))))
 }
 
-/// Record a heartbeat; brings a stale or offline agent back.
+/// Record a heartbeat; brings a stale or offline agent back. A change of
+/// status is stored before the answer; the time and figures of a heartbeat
+/// are written behind within `registry.flush_interval`.
 #[utoipa::path(
     post,
     path = "/api/v1/agents/{id}/heartbeat",
@@ -56,7 +60,7 @@ pub(crate) async fn register(
     params(("id" = String, Path, description = "Agent id")),
     request_body = HeartbeatRequest,
     responses(
-        (status = 200, description = "Recorded", body = Agent),
+        (status = 200, description = "Recorded", body = HeartbeatAck),
         (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, each named", body = Problem, content_type = "application/problem+json"),
     )
@@ -65,9 +69,9 @@ pub(crate) async fn heartbeat(
     State(registry): State<Registry>,
     Path(id): Path<String>,
     AppJson(body): AppJson<HeartbeatRequest>,
-) -> Result<Json<Agent>, ApiError> {
-    let agent = registry.heartbeat(&id, convert::heartbeat(body)).await?;
-    Ok(Json(convert::agent(agent)))
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    let ack = registry.heartbeat(&id, convert::heartbeat(body)).await?;
+    Ok(Json(convert::ack(ack)))
 }
 
 /// One agent.

@@ -74,15 +74,12 @@ pub(crate) async fn readyz(State(checks): State<Checks>) -> Result<Json<Health>,
     }
 }
 
-async fn refresh_gauges(
-    registry: &Registry,
-    metrics: &Metrics,
-) -> Result<Vec<(AgentStatus, u64)>, ApiError> {
-    let counts = registry.count_by_status().await?;
+fn refresh_gauges(registry: &Registry, metrics: &Metrics) -> Vec<(AgentStatus, u64)> {
+    let counts = registry.count_by_status();
     for (status, n) in &counts {
         metrics.set_agents(status.as_str(), *n);
     }
-    Ok(counts)
+    counts
 }
 
 /// Prometheus metrics (OpenMetrics text).
@@ -94,7 +91,7 @@ async fn refresh_gauges(
                content_type = "application/openmetrics-text"))
 )]
 pub(crate) async fn prometheus(State(state): State<AppState>) -> Result<Response, ApiError> {
-    refresh_gauges(&state.registry, &state.metrics).await?;
+    refresh_gauges(&state.registry, &state.metrics);
     let mut resp = state.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -111,7 +108,7 @@ pub(crate) async fn prometheus(State(state): State<AppState>) -> Result<Response
     responses((status = 200, description = "Figures", body = MetricsReport))
 )]
 pub(crate) async fn report(State(state): State<AppState>) -> Result<Json<MetricsReport>, ApiError> {
-    let counts = refresh_gauges(&state.registry, &state.metrics).await?;
+    let counts = refresh_gauges(&state.registry, &state.metrics);
     let live = state
         .registry
         .list(&AgentQuery {

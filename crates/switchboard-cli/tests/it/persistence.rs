@@ -53,6 +53,41 @@ async fn registry_survives_a_graceful_restart() {
 }
 
 #[tokio::test]
+async fn heartbeat_figures_are_written_at_shutdown() {
+    let hub = TestHub::start().await.expect("hub");
+    hub.http
+        .post(hub.url("/api/v1/agents/register"))
+        .json(&agent("beater", "worker", &[]))
+        .send()
+        .await
+        .expect("send");
+    let ack: Value = hub
+        .http
+        .post(hub.url("/api/v1/agents/beater/heartbeat"))
+        .json(&serde_json::json!({"current_tasks": 4, "performance_metrics": {"cpu": 9.5}}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let data = hub.stop().await.expect("stop");
+    let hub = TestHub::start_with(data, "").await.expect("restart");
+    let a: Value = hub
+        .http
+        .get(hub.url("/api/v1/agents/beater"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(a["current_tasks"], 4);
+    assert_eq!(a["performance_metrics"]["cpu"], 9.5);
+    assert_eq!(a["last_heartbeat_at"], ack["recorded_at"]);
+}
+
+#[tokio::test]
 async fn acknowledged_registrations_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut hub = HubProcess::spawn(bin(), dir.path(), &[])
@@ -72,6 +107,14 @@ async fn acknowledged_registrations_survive_kill_9() {
         assert_eq!(resp.status(), 201);
         acked.push(id);
     }
+    // A change of status is stored before it is acknowledged.
+    let resp = http
+        .post(hub.url("/api/v1/agents/k007/heartbeat"))
+        .json(&serde_json::json!({"status": "draining"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
     hub.signal("-KILL").await.expect("kill -9");
     let status = hub.wait(Duration::from_secs(10)).await.expect("exit");
     assert!(!status.success(), "killed, not exited: {status}");
@@ -94,4 +137,5 @@ async fn acknowledged_registrations_survive_kill_9() {
         .map(|a| a["id"].as_str().expect("id"))
         .collect();
     assert_eq!(ids, acked);
+    assert_eq!(page["agents"][7]["status"], "draining");
 }

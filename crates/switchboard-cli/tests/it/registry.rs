@@ -113,6 +113,17 @@ async fn re_registering_updates_in_place() {
     assert_eq!(ids(&list(&hub, "capability=y").await), ["a1"]);
 }
 
+async fn get(hub: &TestHub, id: &str) -> Value {
+    hub.http
+        .get(hub.url(&format!("/api/v1/agents/{id}")))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json")
+}
+
 #[tokio::test]
 async fn heartbeat_records_what_the_agent_reports() {
     let hub = TestHub::start().await.expect("hub");
@@ -129,13 +140,18 @@ async fn heartbeat_records_what_the_agent_reports() {
         .await
         .expect("send");
     assert_eq!(resp.status(), StatusCode::OK);
-    let body: Value = resp.json().await.expect("json");
-    assert_eq!(body["status"], "busy");
-    assert_eq!(body["current_tasks"], 3);
-    assert_eq!(body["load"], 0.6);
-    assert_eq!(body["performance_metrics"]["cpu_usage"], 45.2);
+    let ack: Value = resp.json().await.expect("json");
+    assert_eq!(ack["agent_id"], "hb-1");
+    assert_eq!(ack["status"], "busy");
+    assert_eq!(ack["heartbeat_interval_ms"], 30_000);
+    let a = get(&hub, "hb-1").await;
+    assert_eq!(a["status"], "busy");
+    assert_eq!(a["current_tasks"], 3);
+    assert_eq!(a["load"], 0.6);
+    assert_eq!(a["performance_metrics"]["cpu_usage"], 45.2);
+    assert_eq!(a["last_heartbeat_at"], ack["recorded_at"]);
     // A bare heartbeat keeps what was reported.
-    let body: Value = hub
+    let ack: Value = hub
         .http
         .post(hub.url("/api/v1/agents/hb-1/heartbeat"))
         .json(&json!({}))
@@ -145,9 +161,13 @@ async fn heartbeat_records_what_the_agent_reports() {
         .json()
         .await
         .expect("json");
-    assert_eq!(body["status"], "busy");
-    assert_eq!(body["current_tasks"], 3);
-    assert_eq!(body["performance_metrics"]["task_queue_size"], 12.0);
+    assert_eq!(ack["status"], "busy");
+    let a = get(&hub, "hb-1").await;
+    assert_eq!(a["current_tasks"], 3);
+    assert_eq!(a["performance_metrics"]["task_queue_size"], 12.0);
+    // Listings show the latest heartbeat too.
+    let page = list(&hub, "status=busy").await;
+    assert_eq!(page["agents"][0]["current_tasks"], 3);
 }
 
 #[tokio::test]

@@ -11,6 +11,12 @@ CREATE TABLE agents (
     max_concurrent_tasks INTEGER,
     metadata             TEXT    NOT NULL, -- JSON object
     status               TEXT    NOT NULL,
+    -- The status before the last registration (NULL after an insert), so
+    -- that one INSERT ... ON CONFLICT ... RETURNING tells insert from update.
+    previous_status      TEXT,
+    -- Counts changes of status; a write carrying an older version never
+    -- overwrites a newer status.
+    status_version       INTEGER NOT NULL DEFAULT 1,
     reported_status      TEXT    NOT NULL,
     current_tasks        INTEGER NOT NULL DEFAULT 0,
     performance_metrics  TEXT    NOT NULL DEFAULT '{}',
@@ -22,7 +28,6 @@ CREATE TABLE agents (
 
 CREATE INDEX agents_by_type ON agents (agent_type, id);
 CREATE INDEX agents_by_status ON agents (status, id);
-CREATE INDEX agents_by_last_heartbeat ON agents (last_heartbeat_at);
 
 -- One row per (capability, agent): discovery by capability reads an index,
 -- never every agent.

@@ -1,54 +1,56 @@
 //! `AgentStore` for SQLite.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use switchboard_core::{StorageError, UnixMillis};
 use switchboard_registry::{
-    Agent, AgentFilter, AgentPage, AgentStatus, AgentStore, Heartbeat, HeartbeatOutcome,
-    StatusChange, ValidRegistration,
+    Agent, AgentFilter, AgentPage, AgentStatus, AgentStore, Liveness, ValidRegistration,
 };
 
 use super::SqliteStore;
+use super::batch::BatchWrite;
 use crate::{corrupt, storage_error};
 
 const COLUMNS: &str = "id, agent_type, name, version, capabilities, endpoint, health_check_url, \
      configuration, max_concurrent_tasks, metadata, status, reported_status, current_tasks, \
-     performance_metrics, registered_at, updated_at, last_heartbeat_at, status_changed_at";
+     performance_metrics, registered_at, updated_at, last_heartbeat_at, status_changed_at, \
+     status_version";
 
 #[async_trait]
 impl AgentStore for SqliteStore {
     async fn upsert_agent(
         &self,
         reg: &ValidRegistration,
+        min_status_version: u64,
         now: UnixMillis,
     ) -> Result<(Agent, bool), StorageError> {
         let r = reg.registration();
         let ctx = "register agent";
+        let min_version = i64::try_from(min_status_version.max(1)).unwrap_or(i64::MAX);
         let mut tx = self
             .writer
             .begin()
             .await
             .map_err(|e| storage_error(ctx, e))?;
-        let existed: Option<(String,)> = sqlx::query_as("SELECT status FROM agents WHERE id = ?")
-            .bind(&r.id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| storage_error(ctx, e))?;
         let row = sqlx::query(&format!(
             "INSERT INTO agents ({COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', 'active', 0, '{{}}', ?11, ?11, ?11, ?11) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', 'active', 0, '{{}}', \
+                     ?11, ?11, ?11, ?11, ?12) \
              ON CONFLICT (id) DO UPDATE SET \
                agent_type = excluded.agent_type, name = excluded.name, version = excluded.version, \
                capabilities = excluded.capabilities, endpoint = excluded.endpoint, \
                health_check_url = excluded.health_check_url, configuration = excluded.configuration, \
                max_concurrent_tasks = excluded.max_concurrent_tasks, metadata = excluded.metadata, \
-               status = agents.reported_status, \
+               previous_status = agents.status, status = agents.reported_status, \
                status_changed_at = CASE WHEN agents.status = agents.reported_status \
                                         THEN agents.status_changed_at ELSE ?11 END, \
-               updated_at = ?11, last_heartbeat_at = ?11 \
-             RETURNING {COLUMNS}"
+               status_version = MAX(agents.status_version + 1, ?12), \
+               updated_at = ?11, last_heartbeat_at = MAX(agents.last_heartbeat_at, ?11) \
+             RETURNING {COLUMNS}, previous_status"
         ))
         .bind(&r.id)
         .bind(&r.agent_type)
@@ -61,10 +63,15 @@ impl AgentStore for SqliteStore {
         .bind(reg.max_concurrent_tasks().map(i64::from))
         .bind(Value::Object(r.metadata.clone()).to_string())
         .bind(now)
+        .bind(min_version)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| storage_error(ctx, e))?;
         let agent = decode(&row)?;
+        // An insert leaves previous_status NULL; an update sets it.
+        let previous: Option<String> = row
+            .try_get("previous_status")
+            .map_err(|e| storage_error(ctx, e))?;
         sqlx::query("DELETE FROM agent_capabilities WHERE agent_id = ?")
             .bind(&r.id)
             .execute(&mut *tx)
@@ -83,64 +90,33 @@ impl AgentStore for SqliteStore {
                 .map_err(|e| storage_error(ctx, e))?;
         }
         tx.commit().await.map_err(|e| storage_error(ctx, e))?;
-        Ok((agent, existed.is_none()))
+        Ok((agent, previous.is_none()))
     }
 
-    async fn record_heartbeat(
-        &self,
-        id: &str,
-        hb: &Heartbeat,
-        now: UnixMillis,
-    ) -> Result<Option<HeartbeatOutcome>, StorageError> {
-        let ctx = "record heartbeat";
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(|e| storage_error(ctx, e))?;
-        let before: Option<(String, String)> =
-            sqlx::query_as("SELECT status, reported_status FROM agents WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| storage_error(ctx, e))?;
-        let Some((status, reported)) = before else {
-            return Ok(None);
-        };
-        let from = parse_status(&status)?;
-        let to = match hb.status {
-            Some(s) => s,
-            None => parse_status(&reported)?,
-        };
-        let row = sqlx::query(&format!(
-            "UPDATE agents SET status = ?1, reported_status = ?1, \
-               current_tasks = COALESCE(?2, current_tasks), \
-               performance_metrics = COALESCE(?3, performance_metrics), \
-               updated_at = ?4, last_heartbeat_at = ?4, \
-               status_changed_at = CASE WHEN status = ?1 THEN status_changed_at ELSE ?4 END \
-             WHERE id = ?5 RETURNING {COLUMNS}"
-        ))
-        .bind(to.as_str())
-        .bind(hb.current_tasks.map(i64::from))
-        .bind(
-            hb.performance_metrics
-                .as_ref()
-                .map(|m| Value::Object(m.clone()).to_string()),
+    async fn save_liveness(&self, batch: &[(String, Liveness)]) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Group committed with every other liveness write waiting.
+        self.liveness.write(batch.to_vec()).await
+    }
+
+    async fn load_liveness(&self) -> Result<Vec<(String, Liveness)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, status, reported_status, current_tasks, performance_metrics, \
+                    last_heartbeat_at, status_changed_at, status_version FROM agents",
         )
-        .bind(now)
-        .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_all(&self.reader)
         .await
-        .map_err(|e| storage_error(ctx, e))?;
-        let agent = decode(&row)?;
-        tx.commit().await.map_err(|e| storage_error(ctx, e))?;
-        let change = (from != to).then(|| StatusChange {
-            agent_id: id.to_owned(),
-            from,
-            to,
-            at: now,
-        });
-        Ok(Some(HeartbeatOutcome { agent, change }))
+        .map_err(|e| storage_error("load liveness", e))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row
+                    .try_get("id")
+                    .map_err(|e| storage_error("load liveness", e))?;
+                Ok((id, decode_liveness(row)?))
+            })
+            .collect()
     }
 
     async fn get_agent(&self, id: &str) -> Result<Option<Agent>, StorageError> {
@@ -202,68 +178,73 @@ impl AgentStore for SqliteStore {
             .map_err(|e| storage_error("delete agent", e))?;
         Ok(done.rows_affected() > 0)
     }
+}
 
-    async fn count_by_status(&self) -> Result<Vec<(AgentStatus, u64)>, StorageError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM agents GROUP BY status")
-                .fetch_all(&self.reader)
-                .await
-                .map_err(|e| storage_error("count agents", e))?;
-        rows.into_iter()
-            .map(|(s, n)| Ok((parse_status(&s)?, u64::try_from(n).unwrap_or(0))))
-            .collect()
-    }
+/// Writes batches of liveness with one statement: an `UPDATE ... FROM`
+/// over all of them, passed as one JSON array.
+pub(crate) struct LivenessWrite;
 
-    async fn mark_lapsed(
+impl BatchWrite for LivenessWrite {
+    type Item = Vec<(String, Liveness)>;
+    type Output = ();
+
+    async fn write(
         &self,
-        from: &[AgentStatus],
-        to: AgentStatus,
-        seen_before: UnixMillis,
-        now: UnixMillis,
-    ) -> Result<Vec<StatusChange>, StorageError> {
-        let ctx = "mark lapsed agents";
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(|e| storage_error(ctx, e))?;
-        let mut select =
-            QueryBuilder::<Sqlite>::new("SELECT id, status FROM agents WHERE last_heartbeat_at < ");
-        select.push_bind(seen_before);
-        push_statuses(&mut select, from);
-        let lapsed: Vec<(String, String)> = select
-            .build_query_as()
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| storage_error(ctx, e))?;
-        if lapsed.is_empty() {
-            return Ok(Vec::new());
+        conn: &mut SqliteConnection,
+        items: &[Self::Item],
+    ) -> Result<Vec<()>, StorageError> {
+        // One row per agent: the newest of its entries in the batch.
+        let mut newest: HashMap<&str, &Liveness> = HashMap::new();
+        for (id, live) in items.iter().flatten() {
+            let keep = newest.get(id.as_str()).is_none_or(|old| {
+                (live.status_version, live.last_heartbeat_at)
+                    >= (old.status_version, old.last_heartbeat_at)
+            });
+            if keep {
+                newest.insert(id, live);
+            }
         }
-        let mut update = QueryBuilder::<Sqlite>::new("UPDATE agents SET status = ");
-        update
-            .push_bind(to.as_str())
-            .push(", status_changed_at = ")
-            .push_bind(now)
-            .push(" WHERE last_heartbeat_at < ")
-            .push_bind(seen_before);
-        push_statuses(&mut update, from);
-        update
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| storage_error(ctx, e))?;
-        tx.commit().await.map_err(|e| storage_error(ctx, e))?;
-        lapsed
+        let rows: Vec<Value> = newest
             .into_iter()
-            .map(|(agent_id, status)| {
-                Ok(StatusChange {
-                    agent_id,
-                    from: parse_status(&status)?,
-                    to,
-                    at: now,
+            .map(|(id, l)| {
+                serde_json::json!({
+                    "id": id,
+                    "status": l.status.as_str(),
+                    "reported": l.reported_status.as_str(),
+                    "tasks": l.current_tasks,
+                    "metrics": Value::Object(l.performance_metrics.clone()).to_string(),
+                    "seen": l.last_heartbeat_at,
+                    "changed": l.status_changed_at,
+                    "version": l.status_version,
                 })
             })
-            .collect()
+            .collect();
+        sqlx::query(
+            "UPDATE agents SET \
+               status = CASE WHEN v_version > status_version THEN v_status ELSE status END, \
+               status_changed_at = CASE WHEN v_version > status_version \
+                                        THEN v_changed ELSE status_changed_at END, \
+               status_version = MAX(status_version, v_version), \
+               reported_status = CASE WHEN v_seen >= last_heartbeat_at \
+                                      THEN v_reported ELSE reported_status END, \
+               current_tasks = CASE WHEN v_seen >= last_heartbeat_at \
+                                    THEN v_tasks ELSE current_tasks END, \
+               performance_metrics = CASE WHEN v_seen >= last_heartbeat_at \
+                                          THEN v_metrics ELSE performance_metrics END, \
+               last_heartbeat_at = MAX(last_heartbeat_at, v_seen), \
+               updated_at = MAX(updated_at, v_seen) \
+             FROM (SELECT value ->> 'id' AS v_id, value ->> 'status' AS v_status, \
+                          value ->> 'reported' AS v_reported, value ->> 'tasks' AS v_tasks, \
+                          value ->> 'metrics' AS v_metrics, value ->> 'seen' AS v_seen, \
+                          value ->> 'changed' AS v_changed, value ->> 'version' AS v_version \
+                   FROM json_each(?1)) \
+             WHERE agents.id = v_id",
+        )
+        .bind(Value::Array(rows).to_string())
+        .execute(conn)
+        .await
+        .map_err(|e| storage_error("save liveness", e))?;
+        Ok(vec![(); items.len()])
     }
 }
 
@@ -344,5 +325,29 @@ fn decode(row: &SqliteRow) -> Result<Agent, StorageError> {
         updated_at: row.try_get("updated_at").map_err(get)?,
         last_heartbeat_at: row.try_get("last_heartbeat_at").map_err(get)?,
         status_changed_at: row.try_get("status_changed_at").map_err(get)?,
+        status_version: version(row)?,
+    })
+}
+
+fn version(row: &SqliteRow) -> Result<u64, StorageError> {
+    let v: i64 = row
+        .try_get("status_version")
+        .map_err(|e| storage_error("decode agent", e))?;
+    Ok(u64::try_from(v).unwrap_or(0))
+}
+
+fn decode_liveness(row: &SqliteRow) -> Result<Liveness, StorageError> {
+    let get = |e| storage_error("decode liveness", e);
+    let status: String = row.try_get("status").map_err(get)?;
+    let reported: String = row.try_get("reported_status").map_err(get)?;
+    let current: i64 = row.try_get("current_tasks").map_err(get)?;
+    Ok(Liveness {
+        status: parse_status(&status)?,
+        reported_status: parse_status(&reported)?,
+        current_tasks: u32::try_from(current).unwrap_or(u32::MAX),
+        performance_metrics: object(row, "performance_metrics")?,
+        last_heartbeat_at: row.try_get("last_heartbeat_at").map_err(get)?,
+        status_changed_at: row.try_get("status_changed_at").map_err(get)?,
+        status_version: version(row)?,
     })
 }

@@ -1,0 +1,120 @@
+//! Group commit: many small writes of one kind share one transaction and,
+//! where the kind allows, one statement.
+//!
+//! A [`Batcher`] owns a queue of items. One task takes every item waiting
+//! (up to [`MAX_BATCH`]), hands them to [`BatchWrite::write`] inside one
+//! transaction on the writer connection, commits once, and only then
+//! answers each caller. No caller is answered before its write is
+//! committed. Under light load a batch is a single item, so nothing waits
+//! for a batch to fill; under heavy load one commit (and one statement)
+//! serves hundreds of writes.
+
+use std::future::Future;
+
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqlitePool;
+use switchboard_core::{StorageError, StorageErrorKind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::storage_error;
+
+/// The most items committed together.
+pub(crate) const MAX_BATCH: usize = 512;
+/// Items waiting beyond this make callers wait (backpressure).
+const QUEUE: usize = 8192;
+
+/// A kind of write that can be applied many at a time.
+pub(crate) trait BatchWrite: Send + Sync + 'static {
+    /// One write.
+    type Item: Send + Sync + 'static;
+    /// What its caller is answered.
+    type Output: Send + 'static;
+
+    /// Applies `items` in order on `conn` (inside a transaction) and
+    /// returns one output per item, in the same order.
+    fn write(
+        &self,
+        conn: &mut SqliteConnection,
+        items: &[Self::Item],
+    ) -> impl Future<Output = Result<Vec<Self::Output>, StorageError>> + Send;
+}
+
+type Pending<W> = (
+    <W as BatchWrite>::Item,
+    oneshot::Sender<Result<<W as BatchWrite>::Output, StorageError>>,
+);
+
+/// The queue of one kind of write. Cheap to clone.
+pub(crate) struct Batcher<W: BatchWrite> {
+    tx: mpsc::Sender<Pending<W>>,
+}
+
+impl<W: BatchWrite> Clone for Batcher<W> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<W: BatchWrite> std::fmt::Debug for Batcher<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl<W: BatchWrite> Batcher<W> {
+    /// Starts the batching task on `writer`; it ends when every clone of
+    /// the returned `Batcher` is dropped.
+    pub(crate) fn start(writer: SqlitePool, kind: W) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(writer, kind, rx));
+        Self { tx }
+    }
+
+    /// Writes one item; resolves after it is committed.
+    pub(crate) async fn write(&self, item: W::Item) -> Result<W::Output, StorageError> {
+        let closed = || StorageError::new(StorageErrorKind::Unavailable, "the store is closed");
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((item, reply)).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+async fn run<W: BatchWrite>(writer: SqlitePool, kind: W, mut rx: mpsc::Receiver<Pending<W>>) {
+    let mut pending: Vec<Pending<W>> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        let (items, replies): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
+        match commit(&writer, &kind, &items).await {
+            Ok(outputs) => {
+                for (reply, out) in replies.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(out));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, items = items.len(), "batched commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit<W: BatchWrite>(
+    writer: &SqlitePool,
+    kind: &W,
+    items: &[W::Item],
+) -> Result<Vec<W::Output>, StorageError> {
+    let ctx = "batched write";
+    let mut tx = writer.begin().await.map_err(|e| storage_error(ctx, e))?;
+    let outputs = kind.write(&mut tx, items).await?;
+    if outputs.len() != items.len() {
+        return Err(StorageError::new(
+            StorageErrorKind::Other,
+            format!("{ctx}: {} outputs for {} items", outputs.len(), items.len()),
+        ));
+    }
+    tx.commit().await.map_err(|e| storage_error(ctx, e))?;
+    Ok(outputs)
+}
