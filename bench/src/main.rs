@@ -41,6 +41,10 @@ struct Args {
     /// Seconds each measured phase runs (default: 10, smoke: 1).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Runs of each scenario, each on a fresh hub; figures are medians
+    /// (default: 3, smoke: 1).
+    #[arg(long)]
+    repeat: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -56,6 +60,7 @@ pub(crate) struct Settings {
     pub(crate) smoke: bool,
     pub(crate) hub_bin: PathBuf,
     pub(crate) phase: Duration,
+    pub(crate) repeat: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         smoke: args.smoke,
         hub_bin: args.hub_bin.clone(),
         phase: Duration::from_secs(args.seconds.unwrap_or(if args.smoke { 1 } else { 10 })),
+        repeat: args.repeat.unwrap_or(if args.smoke { 1 } else { 3 }).max(1),
     };
     anyhow::ensure!(
         settings.hub_bin.exists(),

@@ -44,3 +44,41 @@ fn mem_total() -> Option<String> {
         .ok()?;
     Some(format!("{:.1} GiB memory", kib as f64 / 1024.0 / 1024.0))
 }
+
+/// The figures of one phase, as reported.
+#[derive(Clone, Debug)]
+pub(crate) struct Figures {
+    pub(crate) rate: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) errors: u64,
+}
+
+impl Figures {
+    pub(crate) fn of(o: &crate::load::Outcome) -> Self {
+        Self {
+            rate: o.rate(),
+            p50_ms: o.ms(0.50),
+            p99_ms: o.ms(0.99),
+            p999_ms: o.ms(0.999),
+            errors: o.errors,
+        }
+    }
+
+    /// Each figure's median over runs (errors are summed).
+    pub(crate) fn median(runs: &[Figures]) -> Figures {
+        let med = |f: fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        Figures {
+            rate: med(|f| f.rate),
+            p50_ms: med(|f| f.p50_ms),
+            p99_ms: med(|f| f.p99_ms),
+            p999_ms: med(|f| f.p999_ms),
+            errors: runs.iter().map(|f| f.errors).sum(),
+        }
+    }
+}
