@@ -1,7 +1,10 @@
 //! Domain types to wire types and back, by hand.
 
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
-use switchboard_core::UnixMillis;
+use serde_json::{Map, Value};
+use switchboard_bus as bus;
+use switchboard_core::{FieldErrors, UnixMillis};
 use switchboard_registry as reg;
 use switchboard_wire as wire;
 
@@ -90,5 +93,149 @@ pub(crate) fn heartbeat(h: wire::HeartbeatRequest) -> reg::Heartbeat {
                 })
                 .collect()
         }),
+    }
+}
+
+/// The source of events published without one.
+pub(crate) const DEFAULT_SOURCE: &str = "/switchboard/api";
+
+/// A published event to a bus event, filling the defaults; problems go to
+/// `errs` under `prefix`.
+pub(crate) fn new_event(
+    e: wire::PublishEvent,
+    prefix: &str,
+    errs: &mut FieldErrors,
+) -> Option<bus::NewEvent> {
+    if e
+        .specversion
+        .as_deref()
+        .is_some_and(|v| v != bus::event::SPEC_VERSION)
+    {
+        errs.push(format!("{prefix}specversion"), "must be 1.0");
+    }
+    let (topic, event_type) = match (e.topic, e.event_type) {
+        (Some(t), Some(ty)) => (t, ty),
+        (Some(t), None) => (t.clone(), t),
+        (None, Some(ty)) => (ty.clone(), ty),
+        (None, None) => {
+            errs.push(format!("{prefix}topic"), "give a topic, a type, or both");
+            return None;
+        }
+    };
+    Some(bus::NewEvent {
+        id: e.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        source: e.source.unwrap_or_else(|| DEFAULT_SOURCE.to_owned()),
+        event_type,
+        topic,
+        subject: e.subject,
+        time: e.time.map(|t| t.timestamp_millis()),
+        datacontenttype: e
+            .datacontenttype
+            .unwrap_or_else(|| "application/json".to_owned()),
+        data: e.data,
+        extensions: e.extensions,
+    })
+}
+
+/// An event in HTTP binary mode: attributes in `ce-*` headers, the body is
+/// the data.
+pub(crate) fn binary_event(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<bus::NewEvent, crate::ApiError> {
+    let mut errs = FieldErrors::new();
+    let mut attrs: Map<String, Value> = Map::new();
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        match value.to_str() {
+            Ok(v) => {
+                attrs.insert(attr.to_owned(), Value::String(v.to_owned()));
+            }
+            Err(_) => errs.push(format!("ce-{attr}"), "must be visible ASCII"),
+        }
+    }
+    let take = |attrs: &mut Map<String, Value>, k: &str| {
+        attrs.remove(k).and_then(|v| v.as_str().map(str::to_owned))
+    };
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let data = if body.is_empty() {
+        None
+    } else if crate::extract::is_json(headers.get(axum::http::header::CONTENT_TYPE))
+        || !headers.contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                return Err(crate::ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "MALFORMED_JSON",
+                    format!("the body (the event's data) is not valid JSON: {e}"),
+                ));
+            }
+        }
+    } else if content_type.to_ascii_lowercase().starts_with("text/") {
+        match std::str::from_utf8(body) {
+            Ok(s) => Some(Value::String(s.to_owned())),
+            Err(_) => {
+                errs.push("body", "text data must be UTF-8");
+                None
+            }
+        }
+    } else {
+        errs.push(
+            "content-type",
+            "binary mode takes JSON or text data; send other bytes base64-encoded in JSON",
+        );
+        None
+    };
+    let time = match take(&mut attrs, "time") {
+        None => None,
+        Some(t) => match chrono::DateTime::parse_from_rfc3339(&t) {
+            Ok(t) => Some(t.timestamp_millis()),
+            Err(e) => {
+                errs.push("ce-time", format!("must be an RFC 3339 time ({e})"));
+                None
+            }
+        },
+    };
+    let published = wire::PublishEvent {
+        specversion: take(&mut attrs, "specversion"),
+        id: take(&mut attrs, "id"),
+        source: take(&mut attrs, "source"),
+        event_type: take(&mut attrs, "type"),
+        topic: take(&mut attrs, "topic"),
+        subject: take(&mut attrs, "subject"),
+        time: None,
+        datacontenttype: Some(content_type),
+        data,
+        extensions: attrs,
+    };
+    let event = new_event(published, "ce-", &mut errs);
+    errs.finish().map_err(crate::ApiError::validation)?;
+    let mut event = event.ok_or_else(|| crate::ApiError::internal("binary event lost"))?;
+    event.time = time;
+    Ok(event)
+}
+
+/// A logged event to its CloudEvents JSON form.
+pub(crate) fn cloud_event(e: bus::Event) -> wire::CloudEvent {
+    wire::CloudEvent {
+        specversion: bus::event::SPEC_VERSION.to_owned(),
+        id: e.id,
+        source: e.source,
+        event_type: e.event_type,
+        topic: e.topic,
+        offset: e.offset,
+        subject: e.subject,
+        time: time(e.time),
+        datacontenttype: e.datacontenttype,
+        data: e.data,
+        extensions: e.extensions,
     }
 }

@@ -176,6 +176,28 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<switchboard_bus::BusError> for ApiError {
+    fn from(e: switchboard_bus::BusError) -> Self {
+        use switchboard_bus::BusError;
+        match e {
+            BusError::Invalid(fields) => Self::validation(fields),
+            BusError::Storage(s) if s.is_retryable() => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "the event log is busy or unavailable; try again",
+            )
+            .with_retry_after(1),
+            BusError::Storage(s) => Self::internal(s.to_string()),
+            BusError::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SHUTTING_DOWN",
+                "the hub is shutting down",
+            )
+            .with_retry_after(1),
+        }
+    }
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {

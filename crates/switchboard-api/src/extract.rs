@@ -28,26 +28,43 @@ where
                 "the body must be JSON: send Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "PAYLOAD_TOO_LARGE",
-                    "the body is larger than this hub accepts (http.max_body_bytes)",
-                )
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "MALFORMED_REQUEST",
-                    format!("the body could not be read: {rej}"),
-                )
-            }
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse(&bytes).map(AppJson)
     }
 }
 
-fn is_json(v: Option<&axum::http::HeaderValue>) -> bool {
+/// The body as bytes, within the body limit (413 past it).
+pub(crate) struct RawBody(pub(crate) Bytes);
+
+impl<S> FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|rej| {
+                if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "PAYLOAD_TOO_LARGE",
+                        "the body is larger than this hub accepts (http.max_body_bytes)",
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "MALFORMED_REQUEST",
+                        format!("the body could not be read: {rej}"),
+                    )
+                }
+            })
+    }
+}
+
+pub(crate) fn is_json(v: Option<&axum::http::HeaderValue>) -> bool {
     let Some(ct) = v.and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -59,6 +76,49 @@ fn is_json(v: Option<&axum::http::HeaderValue>) -> bool {
         .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a JSON body of any shape into `T`, classifying the failure; a
+/// field path that starts with an index is put under `prefix`
+/// (`events[2].topic`).
+pub(crate) fn parse_any<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_JSON",
+            "the body is empty; send JSON",
+        ));
+    }
+    deserialize(bytes, prefix)
+}
+
+fn deserialize<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+    let malformed = |e: &serde_json::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_JSON",
+            format!("the body is not valid JSON: {e}"),
+        )
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let path = e.path().to_string();
+                let path = if path.starts_with('[') {
+                    format!("{prefix}{path}")
+                } else {
+                    path
+                };
+                ApiError::validation(vec![field_error(&path, inner)])
+            }
+            _ => malformed(inner),
+        }
+    })?;
+    // Nothing but white space may follow the value.
+    de.end().map_err(|e| malformed(&e))?;
+    Ok(value)
 }
 
 /// Parses a JSON body into `T`, classifying the failure.
@@ -86,26 +146,7 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "must be a JSON object",
         )]));
     }
-    let malformed = |e: &serde_json::Error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "MALFORMED_JSON",
-            format!("the body is not valid JSON: {e}"),
-        )
-    };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let inner = e.inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                ApiError::validation(vec![field_error(&e.path().to_string(), inner)])
-            }
-            _ => malformed(inner),
-        }
-    })?;
-    // Nothing but white space may follow the value.
-    de.end().map_err(|e| malformed(&e))?;
-    Ok(value)
+    deserialize(bytes, "")
 }
 
 /// Names the field of a data error. serde reports a missing field at its

@@ -34,7 +34,7 @@ pub use context::CORRELATION_ID;
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks};
 
-use routes::{agents, system};
+use routes::{agents, events, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,6 +45,7 @@ use routes::{agents, system};
     ),
     tags(
         (name = "agents", description = "The agent registry"),
+        (name = "events", description = "The event bus: publish, read the log, stream"),
         (name = "system", description = "Health, readiness, metrics, this document"),
     ),
     components(schemas(switchboard_wire::Problem))
@@ -62,6 +63,8 @@ fn route_table() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::list))
         .routes(routes!(agents::get, agents::remove))
         .routes(routes!(agents::heartbeat))
+        .routes(routes!(events::publish, events::read))
+        .routes(routes!(events::stream))
 }
 
 /// The OpenAPI 3.1 document of every route [`router`] serves.

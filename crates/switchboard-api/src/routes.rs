@@ -1,4 +1,5 @@
 //! The routes, one module per resource.
 
 pub(crate) mod agents;
+pub(crate) mod events;
 pub(crate) mod system;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
+use switchboard_bus::Bus;
 use switchboard_core::Readiness;
 use switchboard_registry::Registry;
 use switchboard_telemetry::Metrics;
@@ -46,6 +47,8 @@ impl Checks {
 pub struct AppState {
     /// The agent registry.
     pub registry: Registry,
+    /// The event bus.
+    pub bus: Bus,
     /// The metrics.
     pub metrics: Metrics,
     /// Readiness checks.

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agents;
+mod events;
 mod output;
 mod serve;
 
@@ -46,6 +47,13 @@ enum Command {
     /// Register, find and remove agents.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
+    /// Publish an event.
+    Publish(events::PublishArgs),
+    /// Print events as they are published (and replay the log with --after).
+    Subscribe(events::SubscribeArgs),
+    /// Read the event log.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +72,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Agents(cmd) => agents::run(&cli.hub, cli.json, cmd).await,
+            Command::Publish(args) => events::publish(&cli.hub, cli.json, args).await,
+            Command::Subscribe(args) => events::subscribe(&cli.hub, cli.json, args).await,
+            Command::Events(cmd) => events::run(&cli.hub, cli.json, cmd).await,
         }
     });
     match result {

@@ -15,8 +15,8 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_wire::{
-    Agent, AgentList, Health, HeartbeatAck, HeartbeatRequest, MetricsReport, Problem,
-    RegisterAgentRequest,
+    Agent, AgentList, CloudEvent, EventPage, Health, HeartbeatAck, HeartbeatRequest, MetricsReport,
+    Problem, PublishAck, PublishEvent, RegisterAgentRequest,
 };
 use url::Url;
 
@@ -109,6 +109,8 @@ impl AgentListQuery {
 pub struct Client {
     base: Url,
     http: reqwest::Client,
+    /// Without an overall timeout: streams are endless.
+    stream_http: reqwest::Client,
 }
 
 impl Client {
@@ -131,7 +133,16 @@ impl Client {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| bad(e.to_string()))?;
-        Ok(Self { base: url, http })
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            base: url,
+            http,
+            stream_http,
+        })
     }
 
     /// The hub's base URL.
@@ -270,6 +281,181 @@ impl Client {
             .send::<(), _>(Method::GET, "api/v1/metrics", &[], None)
             .await?
             .1)
+    }
+}
+
+/// Where an event stream or read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum From {
+    /// With the next event.
+    #[default]
+    Now,
+    /// After this offset.
+    After(u64),
+    /// At this time (Unix milliseconds).
+    Time(i64),
+}
+
+/// What to read or stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventQuery {
+    /// Topic patterns (all topics when empty).
+    pub topics: Vec<String>,
+    /// Payload filter, as the JSON object the API takes.
+    pub filter: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Where to start.
+    pub from: From,
+    /// At most this many (reads only).
+    pub limit: Option<u32>,
+}
+
+impl EventQuery {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        for t in &self.topics {
+            p.push(("topic", t.clone()));
+        }
+        if let Some(f) = &self.filter {
+            p.push(("filter", serde_json::Value::Object(f.clone()).to_string()));
+        }
+        match self.from {
+            From::Now => {}
+            From::After(o) => p.push(("after", o.to_string())),
+            From::Time(ms) => {
+                if let Some(t) = chrono::DateTime::from_timestamp_millis(ms) {
+                    p.push(("from_time", t.to_rfc3339()));
+                }
+            }
+        }
+        if let Some(l) = self.limit {
+            p.push(("limit", l.to_string()));
+        }
+        p
+    }
+}
+
+/// A live stream of events (Server-Sent Events).
+pub struct EventStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    url: String,
+}
+
+impl EventStream {
+    /// The next event; `None` when the hub closed the stream.
+    pub async fn next(&mut self) -> Result<Option<CloudEvent>, ClientError> {
+        loop {
+            if let Some(end) = frame_end(&self.buf) {
+                let frame: Vec<u8> = self.buf.drain(..end.0).collect();
+                self.buf.drain(..end.1);
+                if let Some(e) = parse_frame(&frame)? {
+                    return Ok(Some(e));
+                }
+                continue;
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
+                Ok(None) => return Ok(None),
+                Err(source) => {
+                    return Err(ClientError::Unreachable {
+                        url: self.url.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The end of the first complete SSE frame: (frame length, separator length).
+fn frame_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The event in one SSE frame; `None` for comments and keep-alives.
+fn parse_frame(frame: &[u8]) -> Result<Option<CloudEvent>, ClientError> {
+    let text = String::from_utf8_lossy(frame);
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(d.strip_prefix(' ').unwrap_or(d));
+        }
+    }
+    if data.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&data)
+        .map(Some)
+        .map_err(|e| ClientError::Unexpected {
+            status: 200,
+            detail: format!("an event that is not a CloudEvent: {e}"),
+        })
+}
+
+impl Client {
+    /// Publishes events (one or a batch); resolves once they are durable.
+    pub async fn publish(&self, events: &[PublishEvent]) -> Result<PublishAck, ClientError> {
+        let (_, ack) = if let [one] = events {
+            self.send(Method::POST, "api/v1/events", &[], Some(one))
+                .await?
+        } else {
+            self.send(Method::POST, "api/v1/events", &[], Some(&events))
+                .await?
+        };
+        Ok(ack)
+    }
+
+    /// Reads the log.
+    pub async fn read_events(&self, q: &EventQuery) -> Result<EventPage, ClientError> {
+        Ok(self
+            .send::<(), _>(Method::GET, "api/v1/events", &q.pairs(), None)
+            .await?
+            .1)
+    }
+
+    /// Opens a live stream; `last_event_id` resumes after that offset.
+    pub async fn stream_events(
+        &self,
+        q: &EventQuery,
+        last_event_id: Option<u64>,
+    ) -> Result<EventStream, ClientError> {
+        let url = self.url("api/v1/events/stream")?;
+        let mut req = self
+            .stream_http
+            .get(url)
+            .query(&q.pairs())
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+            return Err(match serde_json::from_slice::<Problem>(&bytes) {
+                Ok(p) => ClientError::Api(Box::new(p)),
+                Err(_) => ClientError::Unexpected {
+                    status: status.as_u16(),
+                    detail: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                },
+            });
+        }
+        Ok(EventStream {
+            resp,
+            buf: Vec::new(),
+            url: self.base.to_string(),
+        })
     }
 }
 

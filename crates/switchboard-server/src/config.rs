@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchboard_api::ApiConfig;
+use switchboard_bus::BusConfig;
 use switchboard_core::FieldError;
 use switchboard_registry::RegistryConfig;
 use switchboard_store::{SqliteConfig, Synchronous};
@@ -35,6 +36,8 @@ pub struct Config {
     pub http: ApiConfig,
     /// Registry liveness settings.
     pub registry: RegistryConfig,
+    /// Event bus settings.
+    pub bus: BusConfig,
     /// Durability of the embedded store.
     pub synchronous: Synchronous,
 }
@@ -49,6 +52,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             http: ApiConfig::default(),
             registry: RegistryConfig::default(),
+            bus: BusConfig::default(),
             synchronous: Synchronous::Normal,
         }
     }
@@ -81,6 +85,14 @@ struct FileConfig {
     registry: FileRegistry,
     #[serde(default)]
     store: FileStore,
+    #[serde(default)]
+    bus: FileBus,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBus {
+    subscriber_buffer: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +208,15 @@ impl Config {
         }
         if f.registry.sweep_interval.is_some() {
             c.registry.sweep_interval = f.registry.sweep_interval;
+        }
+        if let Some(n) = f.bus.subscriber_buffer {
+            if n == 0 {
+                errs.push(FieldError::new(
+                    "bus.subscriber_buffer",
+                    "must be at least 1",
+                ));
+            }
+            c.bus.subscriber_buffer = n;
         }
         if let Some(s) = f.store.synchronous {
             match s.parse() {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use switchboard_api::{AppState, Checks};
+use switchboard_bus::Bus;
 use switchboard_core::{Clock, FieldError, StorageError};
 use switchboard_registry::Registry;
 use switchboard_store::SqliteStore;
@@ -62,8 +63,10 @@ impl Hub {
         )
         .await
         .map_err(|e| ServerError::Registry(e.to_string()))?;
+        let bus = Bus::new(Arc::new(store.clone()), config.bus.clone(), Clock::system());
         let state = AppState {
             registry,
+            bus,
             metrics: Metrics::new(),
             checks: Checks::new(vec![Arc::new(store.clone())]),
             config: config.http.clone(),
@@ -91,6 +94,7 @@ impl Hub {
         let grace = self.config.shutdown_grace;
 
         tracker.spawn(self.state.registry.sweeper().run(token.child_token()));
+        tracker.spawn(self.state.bus.dispatcher().run(token.child_token()));
         {
             let token = token.clone();
             tokio::spawn(async move {

@@ -13,16 +13,19 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use switchboard_core::{Readiness, StorageError, StorageErrorKind};
+use switchboard_core::{Clock, Readiness, StorageError, StorageErrorKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::storage_error;
 
 mod agents;
 mod batch;
+mod events;
 
 use agents::LivenessWrite;
 use batch::Batcher;
+use events::AppendWrite;
 
 /// The name of the database file under the data directory.
 pub const DB_FILE: &str = "switchboard.db";
@@ -60,6 +63,8 @@ pub struct SqliteConfig {
     pub synchronous: Synchronous,
     /// Read connections.
     pub readers: u32,
+    /// The clock that stamps appends.
+    pub clock: Clock,
 }
 
 impl SqliteConfig {
@@ -69,6 +74,7 @@ impl SqliteConfig {
             data_dir: data_dir.into(),
             synchronous: Synchronous::Normal,
             readers: 4,
+            clock: Clock::system(),
         }
     }
 }
@@ -79,6 +85,10 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Group commit of agent liveness (status changes, heartbeats).
     liveness: Batcher<LivenessWrite>,
+    /// Group commit of event appends.
+    appends: Batcher<AppendWrite>,
+    /// The last durable event's sequence number.
+    head: watch::Sender<u64>,
     reader: SqlitePool,
     /// One connection that copies the WAL into the database file.
     checkpoints: SqlitePool,
@@ -161,11 +171,25 @@ impl SqliteStore {
             .connect_with(base)
             .await
             .map_err(|e| storage_error(&format!("open {} for checkpoints", path.display()), e))?;
+        let mut conn = writer
+            .acquire()
+            .await
+            .map_err(|e| storage_error("open the log", e))?;
+        let (head, _) = watch::channel(events::last_seq(&mut conn).await?);
+        drop(conn);
         let stop = CancellationToken::new();
         tokio::spawn(checkpointer(checkpoints.clone(), stop.clone()));
         tracing::info!(path = %path.display(), "store opened");
         Ok(Self {
             liveness: Batcher::start(writer.clone(), LivenessWrite),
+            appends: Batcher::start(
+                writer.clone(),
+                AppendWrite {
+                    clock: config.clock.clone(),
+                    head: head.clone(),
+                },
+            ),
+            head,
             writer,
             reader,
             checkpoints,

@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`agents`]: registration, heartbeat and listing bodies.
+//! - [`events`]: CloudEvents as published and as read from the log.
 //! - [`problem`]: the `application/problem+json` error body.
 //! - [`system`]: health, readiness and the JSON metrics.
 //!
@@ -11,9 +12,11 @@
 //! older client keeps working against a newer hub.
 
 pub mod agents;
+pub mod events;
 pub mod problem;
 pub mod system;
 
 pub use agents::*;
+pub use events::*;
 pub use problem::*;
 pub use system::*;

@@ -4,6 +4,7 @@
 
 mod cli;
 mod errors;
+mod events;
 mod liveness;
 mod openapi;
 mod persistence;

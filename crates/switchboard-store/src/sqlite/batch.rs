@@ -37,6 +37,9 @@ pub(crate) trait BatchWrite: Send + Sync + 'static {
         conn: &mut SqliteConnection,
         items: &[Self::Item],
     ) -> impl Future<Output = Result<Vec<Self::Output>, StorageError>> + Send;
+
+    /// Called after the batch committed, before any caller is answered.
+    fn committed(&self, _outputs: &[Self::Output]) {}
 }
 
 type Pending<W> = (
@@ -116,5 +119,6 @@ async fn commit<W: BatchWrite>(
         ));
     }
     tx.commit().await.map_err(|e| storage_error(ctx, e))?;
+    kind.committed(&outputs);
     Ok(outputs)
 }

@@ -1,0 +1,268 @@
+//! `/api/v1/events`: publish, read the log, and stream live (SSE).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::stream::Stream;
+use serde_json::{Map, Value};
+use switchboard_bus::{Bus, Filter, Pattern, ReadFrom, Start, SubscriptionSpec};
+use switchboard_core::{FieldError, FieldErrors};
+use switchboard_wire::{EventPage, Problem, PublishAck, PublishEvent, Published};
+
+use crate::convert;
+use crate::error::ApiError;
+use crate::extract::{RawBody, parse_any};
+
+/// The page size of `GET /api/v1/events` when `limit` is absent.
+const DEFAULT_READ: u32 = 100;
+/// How often an idle stream sends a comment, so proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Publish events: one CloudEvent (a JSON object), a batch (a JSON array,
+/// or `application/cloudevents-batch+json`), or one event in HTTP binary
+/// mode (`ce-*` headers, the body is the data). Answers once every event is
+/// durable, with each one's offset.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "events",
+    request_body(content = PublishEvent, description = "A CloudEvent, or an array of them"),
+    responses(
+        (status = 201, description = "Durable, with offsets", body = PublishAck),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON and not binary mode", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid attributes, each named", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn publish(
+    State(bus): State<Bus>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<PublishAck>), ApiError> {
+    let events = if headers.contains_key("ce-specversion") {
+        vec![convert::binary_event(&headers, &body)?]
+    } else if crate::extract::is_json(headers.get(header::CONTENT_TYPE)) {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        let given: Vec<PublishEvent> = if first == Some(&b'[') {
+            parse_any(&body, "events")?
+        } else {
+            vec![crate::extract::parse(&body)?]
+        };
+        let batch = given.len() > 1;
+        let mut errs = FieldErrors::new();
+        let mut events = Vec::with_capacity(given.len());
+        for (i, e) in given.into_iter().enumerate() {
+            let prefix = if batch {
+                format!("events[{i}].")
+            } else {
+                String::new()
+            };
+            if let Some(e) = convert::new_event(e, &prefix, &mut errs) {
+                // Check here too, so one answer names every bad field of
+                // every event, in order.
+                e.check(&prefix, &mut errs);
+                events.push(e);
+            }
+        }
+        errs.finish().map_err(ApiError::validation)?;
+        events
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send JSON (application/json, application/cloudevents+json, \
+             application/cloudevents-batch+json) or an event in binary mode (ce-* headers)",
+        ));
+    };
+    let stored = bus.publish(events).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(PublishAck {
+            events: stored
+                .into_iter()
+                .map(|e| Published {
+                    id: e.id,
+                    topic: e.topic,
+                    offset: e.offset,
+                })
+                .collect(),
+        }),
+    ))
+}
+
+/// What a read or a stream asks for.
+struct Selection {
+    patterns: Vec<Pattern>,
+    filter: Filter,
+    start: Option<ReadFrom>,
+    limit: u32,
+}
+
+fn parse_selection(raw: &str, headers: Option<&HeaderMap>) -> Result<Selection, ApiError> {
+    let mut sel = Selection {
+        patterns: Vec::new(),
+        filter: Filter::default(),
+        start: None,
+        limit: DEFAULT_READ,
+    };
+    let mut errs = Vec::new();
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        match key.as_ref() {
+            "topic" => {
+                for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    match Pattern::parse(p) {
+                        Ok(p) => sel.patterns.push(p),
+                        Err(r) => errs.push(FieldError::new("topic", format!("{p:?}: {r}"))),
+                    }
+                }
+            }
+            "filter" => match serde_json::from_str::<Map<String, Value>>(&value) {
+                Ok(spec) => match Filter::parse(&spec) {
+                    Ok(f) => sel.filter = f,
+                    Err(r) => errs.push(FieldError::new("filter", r)),
+                },
+                Err(e) => errs.push(FieldError::new(
+                    "filter",
+                    format!("must be a JSON object of field: value(s) ({e})"),
+                )),
+            },
+            "after" => match value.parse::<u64>() {
+                Ok(o) => sel.start = Some(ReadFrom::After(o)),
+                Err(_) => errs.push(FieldError::new(
+                    "after",
+                    "must be an offset (a whole number)",
+                )),
+            },
+            "from_time" => match chrono::DateTime::parse_from_rfc3339(&value) {
+                Ok(t) => sel.start = Some(ReadFrom::Time(t.timestamp_millis())),
+                Err(e) => errs.push(FieldError::new(
+                    "from_time",
+                    format!("must be an RFC 3339 time like 2026-01-15T12:00:00Z ({e})"),
+                )),
+            },
+            "limit" => match value.parse::<u32>() {
+                Ok(n) if (1..=switchboard_bus::MAX_READ).contains(&n) => sel.limit = n,
+                _ => errs.push(FieldError::new(
+                    "limit",
+                    format!(
+                        "must be a whole number from 1 to {}",
+                        switchboard_bus::MAX_READ
+                    ),
+                )),
+            },
+            other => errs.push(FieldError::new(
+                other,
+                "is not a known parameter; use topic, filter, after, from_time or limit",
+            )),
+        }
+    }
+    // A reconnecting EventSource sends the last id it saw.
+    if let Some(last) = headers.and_then(|h| h.get("last-event-id")) {
+        match last
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            Some(o) => sel.start = Some(ReadFrom::After(o)),
+            None => errs.push(FieldError::new("Last-Event-ID", "must be an offset")),
+        }
+    }
+    if errs.is_empty() {
+        Ok(sel)
+    } else {
+        Err(ApiError::invalid_query(errs))
+    }
+}
+
+/// Read the log: events matching `topic` patterns (any, comma-separated or
+/// repeated; all topics when absent) and `filter`, after an offset or from
+/// a time, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(
+        ("topic" = Option<String>, Query, description = "Topic patterns (`*` one token, `>` the rest)"),
+        ("filter" = Option<String>, Query, description = r#"Payload filter as JSON: {"priority": ["high", "critical"]}"#),
+        ("after" = Option<u64>, Query, description = "Start after this offset (default 0: the beginning)"),
+        ("from_time" = Option<String>, Query, description = "Start at events appended at or after this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, description = "At most this many events, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "Events, oldest first", body = EventPage),
+        (status = 400, description = "Invalid query parameters, each named", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn read(
+    State(bus): State<Bus>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EventPage>, ApiError> {
+    let sel = parse_selection(query.as_deref().unwrap_or(""), None)?;
+    let from = sel.start.unwrap_or(ReadFrom::After(0));
+    let (events, next) = bus
+        .read(&sel.patterns, &sel.filter, from, sel.limit)
+        .await?;
+    Ok(Json(EventPage {
+        events: events.into_iter().map(convert::cloud_event).collect(),
+        next_after: next,
+    }))
+}
+
+/// Stream events as Server-Sent Events: each message's `id` is the event's
+/// offset and its data the CloudEvent. Starts with the next event, or after
+/// `after` / at `from_time` (replaying the log), or after `Last-Event-ID`
+/// when a client reconnects. A slow reader is caught up from the log, never
+/// dropped.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/stream",
+    tag = "events",
+    params(
+        ("topic" = Option<String>, Query, description = "Topic patterns (all topics when absent)"),
+        ("filter" = Option<String>, Query, description = "Payload filter as JSON"),
+        ("after" = Option<u64>, Query, description = "Replay after this offset, then go live"),
+        ("from_time" = Option<String>, Query, description = "Replay from this RFC 3339 time, then go live"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this offset"),
+    ),
+    responses(
+        (status = 200, description = "An endless stream of events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid query parameters, each named", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn stream(
+    State(bus): State<Bus>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let sel = parse_selection(query.as_deref().unwrap_or(""), Some(&headers))?;
+    let start = match sel.start {
+        None => Start::Now,
+        Some(ReadFrom::After(o)) => Start::After(o),
+        Some(ReadFrom::Time(t)) => Start::Time(t),
+    };
+    let sub = bus.subscribe(SubscriptionSpec {
+        patterns: sel.patterns,
+        filter: sel.filter,
+        start,
+    });
+    let events = futures_util::stream::unfold(sub, |mut sub| async move {
+        match sub.next().await {
+            Ok(e) => {
+                let id = e.offset.to_string();
+                let body = serde_json::to_string(&convert::cloud_event((*e).clone()))
+                    .unwrap_or_else(|_| "{}".to_owned());
+                Some((Ok(SseEvent::default().id(id).data(body)), sub))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "event stream ended");
+                None
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}

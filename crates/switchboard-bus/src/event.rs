@@ -1,0 +1,160 @@
+//! Events: CloudEvents 1.0, with Switchboard's extension attributes.
+
+use serde_json::{Map, Value};
+use switchboard_core::{FieldErrors, UnixMillis};
+
+use crate::topic;
+
+/// The CloudEvents version spoken.
+pub const SPEC_VERSION: &str = "1.0";
+/// The longest id, source, type or subject accepted.
+pub const MAX_ATTR_LEN: usize = 1024;
+
+/// Extension attributes with a meaning to the hub.
+pub mod ext {
+    /// Ties a request, its reply and what follows from them.
+    pub const CORRELATION_ID: &str = "correlationid";
+    /// The id of the event that caused this one.
+    pub const CAUSATION_ID: &str = "causationid";
+    /// The agent that published the event.
+    pub const SOURCE_AGENT: &str = "sourceagent";
+    /// The agent the event is meant for.
+    pub const TARGET_AGENT: &str = "targetagent";
+    /// Events with one key are delivered in order.
+    pub const PARTITION_KEY: &str = "partitionkey";
+    /// The topic (a CloudEvents extension on the wire).
+    pub const TOPIC: &str = "topic";
+}
+
+/// The context attributes CloudEvents defines; an extension may not reuse
+/// these names.
+const RESERVED: &[&str] = &[
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+    ext::TOPIC,
+];
+
+/// An event to publish, before it has a place in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Unique with `source`.
+    pub id: String,
+    /// Who produced it (a URI reference).
+    pub source: String,
+    /// What happened (`task.completed`).
+    pub event_type: String,
+    /// Where it is published.
+    pub topic: String,
+    /// What it is about, within the source.
+    pub subject: Option<String>,
+    /// When it happened; the hub's clock when absent.
+    pub time: Option<UnixMillis>,
+    /// The media type of `data`.
+    pub datacontenttype: String,
+    /// The payload.
+    pub data: Option<Value>,
+    /// Extension attributes (lower-case names, scalar values).
+    pub extensions: Map<String, Value>,
+}
+
+/// An event in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Its place in the log: one sequence across all topics, increasing
+    /// with every append, never reused.
+    pub offset: u64,
+    /// See [`NewEvent::id`].
+    pub id: String,
+    /// See [`NewEvent::source`].
+    pub source: String,
+    /// See [`NewEvent::event_type`].
+    pub event_type: String,
+    /// See [`NewEvent::topic`].
+    pub topic: String,
+    /// See [`NewEvent::subject`].
+    pub subject: Option<String>,
+    /// When it happened.
+    pub time: UnixMillis,
+    /// See [`NewEvent::datacontenttype`].
+    pub datacontenttype: String,
+    /// See [`NewEvent::data`].
+    pub data: Option<Value>,
+    /// See [`NewEvent::extensions`].
+    pub extensions: Map<String, Value>,
+}
+
+fn check_attr(errs: &mut FieldErrors, field: String, value: &str) {
+    if value.is_empty() {
+        errs.push(field, "must not be empty");
+    } else if value.len() > MAX_ATTR_LEN {
+        errs.push(field, format!("must be at most {MAX_ATTR_LEN} bytes"));
+    }
+}
+
+impl NewEvent {
+    /// Checks every attribute; errors are named `{prefix}{attribute}`
+    /// (`events[2].topic`).
+    pub fn check(&self, prefix: &str, errs: &mut FieldErrors) {
+        check_attr(errs, format!("{prefix}id"), &self.id);
+        check_attr(errs, format!("{prefix}source"), &self.source);
+        check_attr(errs, format!("{prefix}type"), &self.event_type);
+        if let Some(s) = &self.subject {
+            check_attr(errs, format!("{prefix}subject"), s);
+        }
+        if let Err(r) = topic::check_topic(&self.topic) {
+            errs.push(format!("{prefix}topic"), r);
+        }
+        let ct = self.datacontenttype.to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if essence != "application/json"
+            && !essence.ends_with("+json")
+            && !essence.starts_with("text/")
+        {
+            errs.push(
+                format!("{prefix}datacontenttype"),
+                "must be application/json, a +json type or a text/ type",
+            );
+        }
+        for (name, value) in &self.extensions {
+            let field = format!("{prefix}{name}");
+            if RESERVED.contains(&name.as_str()) {
+                errs.push(field, "is a reserved attribute name");
+            } else if name.is_empty()
+                || name.len() > 20
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                errs.push(
+                    field,
+                    "is not a CloudEvents attribute name (1 to 20 of a-z and 0-9)",
+                );
+            } else if !(value.is_string() || value.is_number() || value.is_boolean()) {
+                errs.push(
+                    field,
+                    "an extension attribute must be a string, number or boolean",
+                );
+            }
+        }
+    }
+
+    /// The extension `name` as a string, if set.
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.extensions.get(name).and_then(Value::as_str)
+    }
+}
+
+impl Event {
+    /// The extension `name` as a string, if set.
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.extensions.get(name).and_then(Value::as_str)
+    }
+}

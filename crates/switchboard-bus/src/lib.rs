@@ -1,0 +1,321 @@
+//! The event bus: agents publish CloudEvents on topics, the hub appends
+//! them to a durable log, and subscribers get them live or replayed.
+//!
+//! Layout:
+//! - [`event`]: [`NewEvent`] (to publish) and [`Event`] (in the log).
+//! - [`topic`]: topics, wildcard [`Pattern`]s and the [`PatternIndex`]
+//!   trie that finds the subscriptions matching a topic.
+//! - [`filter`]: payload [`Filter`]s.
+//! - [`log`]: the [`EventLog`] trait storage backends implement.
+//! - `subscription`: [`Subscription`], one subscriber's stream of events.
+//!
+//! The log is the source of truth. Publishing appends and answers once the
+//! events are durable; the [`Dispatcher`] tails the log (woken by its head)
+//! and pushes each new event to the matching live subscriptions, found
+//! through the index. Each subscription has a bounded buffer: one that
+//! fills is marked lagging and catches up by reading the log itself, so a
+//! slow subscriber costs the hub a bounded amount of memory and never
+//! slows the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use switchboard_core::{Clock, FieldErrors};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+mod error;
+pub mod event;
+pub mod filter;
+pub mod log;
+mod subscription;
+pub mod topic;
+
+pub use error::BusError;
+pub use event::{Event, NewEvent};
+pub use filter::Filter;
+pub use log::{EventLog, ReadFrom};
+pub use subscription::{Start, Subscription, SubscriptionSpec};
+pub use topic::{Pattern, PatternIndex};
+
+/// The most events in one publish.
+pub const MAX_PUBLISH_BATCH: usize = 1000;
+/// The most events one read returns.
+pub const MAX_READ: u32 = 1000;
+
+/// Settings of the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusConfig {
+    /// Events buffered per live subscription before it is switched to
+    /// catching up from the log.
+    pub subscriber_buffer: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            subscriber_buffer: 1024,
+        }
+    }
+}
+
+/// The bus handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    log: Arc<dyn EventLog>,
+    clock: Clock,
+    config: BusConfig,
+    subs: Mutex<Subs>,
+}
+
+#[derive(Default)]
+struct Subs {
+    index: PatternIndex<u64>,
+    entries: HashMap<u64, Live>,
+    next_id: u64,
+}
+
+/// The dispatcher's side of a subscription.
+struct Live {
+    patterns: Vec<Pattern>,
+    filter: Filter,
+    tx: mpsc::Sender<Arc<Event>>,
+    /// Set by the dispatcher when the buffer is full; the subscription
+    /// clears it when it starts catching up from the log.
+    lagging: Arc<AtomicBool>,
+}
+
+impl Bus {
+    /// A bus over `log`.
+    pub fn new(log: Arc<dyn EventLog>, config: BusConfig, clock: Clock) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                log,
+                clock,
+                config,
+                subs: Mutex::new(Subs::default()),
+            }),
+        }
+    }
+
+    fn subs(&self) -> MutexGuard<'_, Subs> {
+        // Short critical sections, no await inside: a std mutex. A panic
+        // elsewhere leaves the table usable.
+        self.shared
+            .subs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn log(&self) -> &dyn EventLog {
+        self.shared.log.as_ref()
+    }
+
+    /// The worker that pushes new events to live subscriptions; run it
+    /// once per hub.
+    pub fn dispatcher(&self) -> Dispatcher {
+        Dispatcher { bus: self.clone() }
+    }
+
+    /// How many subscriptions are open.
+    pub fn subscriptions(&self) -> usize {
+        self.subs().entries.len()
+    }
+
+    /// Checks and appends events, in order; resolves once they are durable.
+    pub async fn publish(&self, mut events: Vec<NewEvent>) -> Result<Vec<Event>, BusError> {
+        let mut errs = FieldErrors::new();
+        if events.is_empty() {
+            errs.push("events", "must hold at least one event");
+        }
+        if events.len() > MAX_PUBLISH_BATCH {
+            errs.push(
+                "events",
+                format!("must hold at most {MAX_PUBLISH_BATCH} events"),
+            );
+        }
+        let batch = events.len() > 1;
+        for (i, e) in events.iter().enumerate() {
+            let prefix = if batch {
+                format!("events[{i}].")
+            } else {
+                String::new()
+            };
+            e.check(&prefix, &mut errs);
+        }
+        errs.finish().map_err(BusError::Invalid)?;
+        let now = self.shared.clock.now_ms();
+        for e in &mut events {
+            e.time.get_or_insert(now);
+        }
+        Ok(self.log().append(events).await?)
+    }
+
+    /// Events matching any of `patterns` (all, when empty) and `filter`,
+    /// from `from`, at most `limit`. Scans a bounded stretch of the log;
+    /// the second value is the offset to continue after.
+    pub async fn read(
+        &self,
+        patterns: &[Pattern],
+        filter: &Filter,
+        from: ReadFrom,
+        limit: u32,
+    ) -> Result<(Vec<Event>, u64), BusError> {
+        let limit = limit.clamp(1, MAX_READ);
+        let mut out = Vec::new();
+        let mut from = from;
+        let mut cursor = match from {
+            ReadFrom::After(o) => o,
+            ReadFrom::Time(_) => 0,
+        };
+        // At most ten chunks, so one request cannot scan the whole log.
+        for _ in 0..10 {
+            let chunk = self.log().read(from, MAX_READ).await?;
+            let full = chunk.len() == MAX_READ as usize;
+            for e in chunk {
+                cursor = e.offset;
+                if matches(patterns, filter, &e) {
+                    out.push(e);
+                    if out.len() == limit as usize {
+                        return Ok((out, cursor));
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+            from = ReadFrom::After(cursor);
+        }
+        Ok((out, cursor))
+    }
+
+    fn register(
+        &self,
+        patterns: Vec<Pattern>,
+        filter: Filter,
+    ) -> (u64, mpsc::Receiver<Arc<Event>>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel(self.shared.config.subscriber_buffer.max(1));
+        let lagging = Arc::new(AtomicBool::new(false));
+        let mut subs = self.subs();
+        subs.next_id += 1;
+        let id = subs.next_id;
+        for p in &patterns {
+            subs.index.insert(p, id);
+        }
+        subs.entries.insert(
+            id,
+            Live {
+                patterns,
+                filter,
+                tx,
+                lagging: lagging.clone(),
+            },
+        );
+        (id, rx, lagging)
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut subs = self.subs();
+        if let Some(live) = subs.entries.remove(&id) {
+            for p in &live.patterns {
+                subs.index.remove(p, id);
+            }
+        }
+    }
+
+    /// Pushes one event to every matching live subscription.
+    fn fan_out(&self, event: &Arc<Event>, keys: &mut Vec<u64>) {
+        let subs = self.subs();
+        keys.clear();
+        subs.index.matches(&event.topic, keys);
+        keys.sort_unstable();
+        keys.dedup();
+        let mut closed = Vec::new();
+        for id in keys.iter() {
+            let Some(live) = subs.entries.get(id) else {
+                continue;
+            };
+            if live.lagging.load(Ordering::Acquire) || !live.filter.matches(event.data.as_ref()) {
+                continue;
+            }
+            match live.tx.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    live.lagging.store(true, Ordering::Release);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*id),
+            }
+        }
+        drop(subs);
+        for id in closed {
+            self.unregister(id);
+        }
+    }
+
+    /// Drops every live subscription's sender: their streams end.
+    fn close_all(&self) {
+        let mut subs = self.subs();
+        subs.entries.clear();
+        subs.index = PatternIndex::new();
+    }
+}
+
+pub(crate) fn matches(patterns: &[Pattern], filter: &Filter, e: &Event) -> bool {
+    (patterns.is_empty() || patterns.iter().any(|p| p.matches(&e.topic)))
+        && filter.matches(e.data.as_ref())
+}
+
+/// The worker that tails the log and feeds live subscriptions.
+pub struct Dispatcher {
+    bus: Bus,
+}
+
+impl Dispatcher {
+    /// Runs until `shutdown`; then ends every subscription's stream.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let bus = self.bus;
+        let mut head = bus.log().head();
+        // Events already in the log when the hub starts are history, not
+        // news: subscriptions replay them from the log if they ask.
+        let mut cursor = *head.borrow_and_update();
+        let mut keys = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+            let target = *head.borrow_and_update();
+            while cursor < target {
+                if bus.subscriptions() == 0 {
+                    cursor = target;
+                    break;
+                }
+                match bus.log().read(ReadFrom::After(cursor), MAX_READ).await {
+                    Ok(events) if events.is_empty() => break,
+                    Ok(events) => {
+                        for e in events {
+                            cursor = e.offset;
+                            bus.fan_out(&Arc::new(e), &mut keys);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, cursor, "reading the log to dispatch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        bus.close_all();
+        tracing::debug!("dispatcher stopped");
+    }
+}

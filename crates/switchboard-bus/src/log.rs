@@ -1,0 +1,31 @@
+//! The durable log, as a trait that storage backends implement.
+
+use async_trait::async_trait;
+use switchboard_core::{StorageError, UnixMillis};
+use tokio::sync::watch;
+
+use crate::event::{Event, NewEvent};
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Events with an offset greater than this.
+    After(u64),
+    /// Events that happened at or after this time.
+    Time(UnixMillis),
+}
+
+/// An append-only log of events, one sequence of offsets across topics.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends events in order; resolves once they are durable, with their
+    /// offsets. Every event's `time` is set.
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StorageError>;
+
+    /// Up to `limit` events from `from`, in offset order.
+    async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError>;
+
+    /// The offset of the last durable event (0 when the log is empty),
+    /// updated after every commit that appends, whoever appended.
+    fn head(&self) -> watch::Receiver<u64>;
+}

@@ -1,0 +1,349 @@
+//! Topics and subscription patterns, and the index that matches one
+//! against the other.
+//!
+//! A topic is dot-separated tokens (`task.code_generation.completed`). A
+//! pattern may use `*` for exactly one token and `>` (last) for one or more
+//! tokens, as in NATS: `task.*.completed`, `workflow.>`.
+
+use std::collections::HashMap;
+
+/// The longest topic or pattern accepted.
+pub const MAX_LEN: usize = 255;
+/// The most tokens in a topic or pattern.
+pub const MAX_TOKENS: usize = 32;
+
+fn check_token(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        return Err("must not have empty tokens (two dots in a row, or a dot at an end)".into());
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':')))
+    {
+        return Err(format!(
+            "tokens may hold only letters, digits, '_', '-' and ':' (found {c:?})"
+        ));
+    }
+    Ok(())
+}
+
+fn split(s: &str) -> Result<Vec<&str>, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_LEN {
+        return Err(format!("must be at most {MAX_LEN} characters"));
+    }
+    let tokens: Vec<&str> = s.split('.').collect();
+    if tokens.len() > MAX_TOKENS {
+        return Err(format!("must have at most {MAX_TOKENS} tokens"));
+    }
+    Ok(tokens)
+}
+
+/// Checks a topic to publish on: no wildcards.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    for t in split(topic)? {
+        if t == "*" || t == ">" {
+            return Err("a topic to publish on cannot hold wildcards".into());
+        }
+        check_token(t)?;
+    }
+    Ok(())
+}
+
+/// One token of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Exact(Box<str>),
+    /// `*`: exactly one token.
+    One,
+    /// `>`: one or more tokens; only last.
+    Rest,
+}
+
+/// A parsed subscription pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    /// Parses a pattern; the error says why it is refused.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw = split(text)?;
+        let last = raw.len() - 1;
+        let mut tokens = Vec::with_capacity(raw.len());
+        for (i, t) in raw.into_iter().enumerate() {
+            tokens.push(match t {
+                "*" => Token::One,
+                ">" if i == last => Token::Rest,
+                ">" => return Err("'>' may only be the last token".into()),
+                t => {
+                    check_token(t)?;
+                    Token::Exact(t.into())
+                }
+            });
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            tokens,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `topic` matches this pattern.
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut parts = topic.split('.');
+        for tok in &self.tokens {
+            match tok {
+                Token::Rest => return parts.next().is_some(),
+                Token::One => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                Token::Exact(e) => {
+                    if parts.next() != Some(e) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Maps patterns to keys and finds every key whose pattern matches a topic
+/// by walking one path of a token trie per topic token, so the cost
+/// depends on the topic's length and the matches, not on how many
+/// patterns there are.
+#[derive(Debug)]
+pub struct PatternIndex<K> {
+    root: Node<K>,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Node<K> {
+    exact: HashMap<Box<str>, Node<K>>,
+    one: Option<Box<Node<K>>>,
+    /// Keys of patterns that end here with `>`.
+    rest: Vec<K>,
+    /// Keys of patterns that end here.
+    here: Vec<K>,
+}
+
+impl<K> Default for Node<K> {
+    fn default() -> Self {
+        Self {
+            exact: HashMap::new(),
+            one: None,
+            rest: Vec::new(),
+            here: Vec::new(),
+        }
+    }
+}
+
+impl<K> Node<K> {
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.one.is_none() && self.rest.is_empty() && self.here.is_empty()
+    }
+}
+
+impl<K> Default for PatternIndex<K> {
+    fn default() -> Self {
+        Self {
+            root: Node::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<K: Copy + PartialEq> PatternIndex<K> {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many (pattern, key) entries there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `key` under `pattern`.
+    pub fn insert(&mut self, pattern: &Pattern, key: K) {
+        let mut node = &mut self.root;
+        for tok in &pattern.tokens {
+            match tok {
+                Token::Exact(t) => node = node.exact.entry(t.clone()).or_default(),
+                Token::One => node = node.one.get_or_insert_with(Default::default),
+                Token::Rest => {
+                    node.rest.push(key);
+                    self.len += 1;
+                    return;
+                }
+            }
+        }
+        node.here.push(key);
+        self.len += 1;
+    }
+
+    /// Removes `key` from under `pattern`; whether it was there.
+    pub fn remove(&mut self, pattern: &Pattern, key: K) -> bool {
+        let removed = remove(&mut self.root, &pattern.tokens, key);
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// Appends to `out` the key of every pattern matching `topic` (a key
+    /// under two matching patterns appears twice).
+    pub fn matches(&self, topic: &str, out: &mut Vec<K>) {
+        let tokens: Vec<&str> = topic.split('.').collect();
+        walk(&self.root, &tokens, out);
+    }
+}
+
+fn remove<K: PartialEq>(node: &mut Node<K>, tokens: &[Token], key: K) -> bool {
+    let Some((first, rest)) = tokens.split_first() else {
+        return take(&mut node.here, key);
+    };
+    match first {
+        Token::Rest => take(&mut node.rest, key),
+        Token::Exact(t) => {
+            let Some(child) = node.exact.get_mut(t) else {
+                return false;
+            };
+            let removed = remove(child, rest, key);
+            if child.is_empty() {
+                node.exact.remove(t);
+            }
+            removed
+        }
+        Token::One => {
+            let Some(child) = node.one.as_deref_mut() else {
+                return false;
+            };
+            let removed = remove(child, rest, key);
+            if child.is_empty() {
+                node.one = None;
+            }
+            removed
+        }
+    }
+}
+
+fn take<K: PartialEq>(keys: &mut Vec<K>, key: K) -> bool {
+    match keys.iter().position(|k| *k == key) {
+        Some(i) => {
+            keys.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+fn walk<K: Copy>(node: &Node<K>, tokens: &[&str], out: &mut Vec<K>) {
+    let Some((first, rest)) = tokens.split_first() else {
+        out.extend_from_slice(&node.here);
+        return;
+    };
+    out.extend_from_slice(&node.rest);
+    if let Some(child) = node.exact.get(*first) {
+        walk(child, rest, out);
+    }
+    if let Some(child) = &node.one {
+        walk(child, rest, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CASES: &[(&str, &str, bool)] = &[
+        ("task.created", "task.created", true),
+        ("task.created", "task.updated", false),
+        ("task.*", "task.created", true),
+        ("task.*", "task.a.b", false),
+        ("task.*", "task", false),
+        ("task.*.completed", "task.codegen.completed", true),
+        ("task.*.completed", "task.codegen.failed", false),
+        ("task.>", "task.created", true),
+        ("task.>", "task.a.b.c", true),
+        ("task.>", "task", false),
+        (">", "anything.at.all", true),
+        (">", "one", true),
+        ("*", "one", true),
+        ("*", "one.two", false),
+        ("*.*.completed", "task.x.completed", true),
+        ("workflow.>", "workflow.stage_completed", true),
+        ("system.alerts", "system.alert", false),
+        ("a.*.>", "a.b.c", true),
+        ("a.*.>", "a.b", false),
+    ];
+
+    #[test]
+    fn pattern_and_index_agree_on_every_case() {
+        for (i, (pattern, topic, want)) in CASES.iter().enumerate() {
+            let p = Pattern::parse(pattern).expect("pattern");
+            assert_eq!(p.matches(topic), *want, "{pattern} vs {topic}");
+            let mut idx = PatternIndex::new();
+            idx.insert(&p, i);
+            let mut out = Vec::new();
+            idx.matches(topic, &mut out);
+            assert_eq!(!out.is_empty(), *want, "index: {pattern} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn index_holds_many_and_removes() {
+        let mut idx = PatternIndex::new();
+        let pats: Vec<Pattern> = [
+            "task.>",
+            "task.*.completed",
+            "task.codegen.completed",
+            "workflow.>",
+        ]
+        .iter()
+        .map(|p| Pattern::parse(p).expect("pattern"))
+        .collect();
+        for (i, p) in pats.iter().enumerate() {
+            idx.insert(p, i);
+        }
+        let mut out = Vec::new();
+        idx.matches("task.codegen.completed", &mut out);
+        out.sort_unstable();
+        assert_eq!(out, [0, 1, 2]);
+        assert!(idx.remove(&pats[1], 1));
+        assert!(!idx.remove(&pats[1], 1));
+        out.clear();
+        idx.matches("task.codegen.completed", &mut out);
+        out.sort_unstable();
+        assert_eq!(out, [0, 2]);
+        assert_eq!(idx.len(), 3);
+    }
+
+    #[test]
+    fn refuses_bad_topics_and_patterns() {
+        for bad in ["", "a..b", ".a", "a.", "a b", "a.>.b", "a/b"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["a.*", "a.>", "", "x y"] {
+            assert!(check_topic(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_topic("task.code-gen_1.completed").is_ok());
+    }
+}

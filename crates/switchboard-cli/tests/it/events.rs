@@ -1,0 +1,527 @@
+//! The event bus over HTTP: publish, read the log, stream with SSE.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use switchboard_client::{EventQuery, From};
+use switchboard_test::{DataDir, HubProcess, TestHub};
+use switchboard_wire::CloudEvent;
+
+use crate::bin;
+
+async fn publish(hub: &TestHub, body: Value) -> (StatusCode, Value) {
+    let resp = hub
+        .http
+        .post(hub.url("/api/v1/events"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status();
+    (status, resp.json().await.expect("json"))
+}
+
+async fn read(hub: &TestHub, query: &str) -> Value {
+    let resp = hub
+        .http
+        .get(hub.url(&format!("/api/v1/events?{query}")))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK, "GET /api/v1/events?{query}");
+    resp.json().await.expect("json")
+}
+
+fn topics(page: &Value) -> Vec<String> {
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["topic"].as_str().expect("topic").to_owned())
+        .collect()
+}
+
+/// Reads events from a stream until `n` arrived, within a deadline.
+async fn take(stream: &mut switchboard_client::EventStream, n: usize) -> Vec<CloudEvent> {
+    let mut got = Vec::with_capacity(n);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while got.len() < n {
+            match stream.next().await.expect("stream") {
+                Some(e) => got.push(e),
+                None => panic!("stream ended after {} events", got.len()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} events arrived in 30s", got.len()));
+    got
+}
+
+#[tokio::test]
+async fn publish_single_batch_and_binary_then_read_in_order() {
+    let hub = TestHub::start().await.expect("hub");
+    let (s, ack) = publish(
+        &hub,
+        json!({
+            "specversion": "1.0", "id": "e-1", "source": "/agents/a1", "type": "task.progress",
+            "topic": "task.codegen.progress", "subject": "task-001",
+            "time": "2025-01-15T12:00:00Z", "correlationid": "workflow-123",
+            "data": {"task_id": "task-001", "progress": 75}
+        }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{ack}");
+    let first = ack["events"][0]["offset"].as_u64().expect("offset");
+    assert_eq!(ack["events"][0]["id"], "e-1");
+
+    let (s, ack) = publish(
+        &hub,
+        json!([
+            {"topic": "task.codegen.completed", "data": {"n": 1}},
+            {"type": "workflow.started", "data": {"n": 2}}
+        ]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{ack}");
+    let offsets: Vec<u64> = ack["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, [first + 1, first + 2]);
+    // The type defaults to the topic and the topic to the type.
+    assert_eq!(ack["events"][1]["topic"], "workflow.started");
+
+    let resp = hub
+        .http
+        .post(hub.url("/api/v1/events"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "bin-1")
+        .header("ce-source", "/agents/b")
+        .header("ce-type", "system.alert")
+        .header("ce-topic", "system.alert")
+        .header("ce-partitionkey", "k1")
+        .header("content-type", "application/json")
+        .body(r#"{"level": "warn"}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    let page = read(&hub, "").await;
+    assert_eq!(
+        topics(&page),
+        [
+            "task.codegen.progress",
+            "task.codegen.completed",
+            "workflow.started",
+            "system.alert"
+        ]
+    );
+    let e = &page["events"][0];
+    assert_eq!(e["specversion"], "1.0");
+    assert_eq!(e["source"], "/agents/a1");
+    assert_eq!(e["type"], "task.progress");
+    assert_eq!(e["subject"], "task-001");
+    assert_eq!(e["time"], "2025-01-15T12:00:00Z");
+    assert_eq!(e["datacontenttype"], "application/json");
+    assert_eq!(e["correlationid"], "workflow-123");
+    assert_eq!(e["data"]["progress"], 75);
+    let b = &page["events"][3];
+    assert_eq!(b["id"], "bin-1");
+    assert_eq!(b["partitionkey"], "k1");
+    assert_eq!(b["data"]["level"], "warn");
+    assert_eq!(page["next_after"], first + 3);
+}
+
+#[tokio::test]
+async fn read_filters_by_pattern_payload_offset_and_time() {
+    let hub = TestHub::start().await.expect("hub");
+    let events = [
+        (
+            "task.codegen.completed",
+            json!({"priority": "high", "project_id": "proj-456"}),
+        ),
+        (
+            "task.codegen.failed",
+            json!({"priority": "high", "project_id": "proj-456"}),
+        ),
+        (
+            "task.review.completed",
+            json!({"priority": "low", "project_id": "proj-456"}),
+        ),
+        (
+            "workflow.stage_completed",
+            json!({"priority": "critical", "project_id": "proj-1"}),
+        ),
+        (
+            "workflow.wf1.stage.done",
+            json!({"priority": "critical", "project_id": "proj-456"}),
+        ),
+    ];
+    for (topic, data) in &events {
+        let (s, _) = publish(&hub, json!({"topic": topic, "data": data})).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "topic=task.*.completed",
+            &["task.codegen.completed", "task.review.completed"],
+        ),
+        (
+            "topic=task.>",
+            &[
+                "task.codegen.completed",
+                "task.codegen.failed",
+                "task.review.completed",
+            ],
+        ),
+        (
+            "topic=workflow.>",
+            &["workflow.stage_completed", "workflow.wf1.stage.done"],
+        ),
+        ("topic=workflow.*", &["workflow.stage_completed"]),
+        (
+            "topic=task.codegen.*,workflow.*",
+            &[
+                "task.codegen.completed",
+                "task.codegen.failed",
+                "workflow.stage_completed",
+            ],
+        ),
+        ("topic=nothing.here", &[]),
+        (
+            r#"filter={"priority":["high","critical"],"project_id":"proj-456"}"#,
+            &[
+                "task.codegen.completed",
+                "task.codegen.failed",
+                "workflow.wf1.stage.done",
+            ],
+        ),
+        (
+            r#"topic=task.>&filter={"priority":"low"}"#,
+            &["task.review.completed"],
+        ),
+        (
+            "limit=2",
+            &["task.codegen.completed", "task.codegen.failed"],
+        ),
+    ];
+    for (query, want) in cases {
+        let q: String = query
+            .split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').expect("k=v");
+                format!("{k}={}", url_encode(v))
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(topics(&read(&hub, &q).await), *want, "query {query}");
+    }
+    let all = read(&hub, "").await;
+    let third = all["events"][2]["offset"].as_u64().expect("offset");
+    assert_eq!(
+        topics(&read(&hub, &format!("after={third}")).await),
+        ["workflow.stage_completed", "workflow.wf1.stage.done"]
+    );
+    // From a time after everything: nothing; from long ago: everything.
+    assert!(topics(&read(&hub, "from_time=2999-01-01T00:00:00Z").await).is_empty());
+    assert_eq!(
+        topics(&read(&hub, "from_time=2000-01-01T00:00:00Z").await).len(),
+        5
+    );
+}
+
+fn url_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn bad_events_are_refused_whole_with_each_field_named() {
+    let hub = TestHub::start().await.expect("hub");
+    let cases = [
+        (json!({"data": 1}), 422, vec!["topic"]),
+        (json!({"topic": "a..b"}), 422, vec!["topic"]),
+        (json!({"topic": "task.*"}), 422, vec!["topic"]),
+        (
+            json!({"topic": "t", "specversion": "0.3"}),
+            422,
+            vec!["specversion"],
+        ),
+        (
+            json!({"topic": "t", "Bad_Name": "x"}),
+            422,
+            vec!["Bad_Name"],
+        ),
+        (
+            json!({"topic": "t", "traceinfo": {"nested": true}}),
+            422,
+            vec!["traceinfo"],
+        ),
+        (json!({"topic": "t", "id": ""}), 422, vec!["id"]),
+        (
+            json!({"topic": "t", "time": "yesterday"}),
+            422,
+            vec!["time"],
+        ),
+        (
+            json!({"topic": "t", "datacontenttype": "image/png"}),
+            422,
+            vec!["datacontenttype"],
+        ),
+        (
+            json!([{"topic": "ok"}, {"topic": "bad topic"}, {"data": 1}]),
+            422,
+            vec!["events[1].topic", "events[2].topic"],
+        ),
+        (
+            json!([{"topic": "ok"}, {"topic": 5}]),
+            422,
+            vec!["events[1].topic"],
+        ),
+    ];
+    for (body, status, fields) in cases {
+        let (s, p) = publish(&hub, body.clone()).await;
+        assert_eq!(s.as_u16(), status, "{body} -> {p}");
+        let got: Vec<&str> = p["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|e| e["field"].as_str().expect("field"))
+            .collect();
+        assert_eq!(got, fields, "{body} -> {p}");
+    }
+    let resp = hub
+        .http
+        .post(hub.url("/api/v1/events"))
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    for q in [
+        "topic=a..b",
+        "after=-1",
+        "from_time=noon",
+        "limit=0",
+        r#"filter=[1]"#,
+        "colour=red",
+    ] {
+        let resp = hub
+            .http
+            .get(hub.url(&format!("/api/v1/events?{q}")))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{q}");
+    }
+    // Nothing of the refused batches was stored.
+    assert!(topics(&read(&hub, "").await).is_empty());
+}
+
+#[tokio::test]
+async fn stream_delivers_matching_events_live_in_order() {
+    let hub = TestHub::start().await.expect("hub");
+    let q = EventQuery {
+        topics: vec!["task.>".into()],
+        filter: Some(
+            json!({"priority": ["high", "critical"]})
+                .as_object()
+                .expect("obj")
+                .clone(),
+        ),
+        ..Default::default()
+    };
+    let mut stream = hub.api.stream_events(&q, None).await.expect("stream");
+    // Published after the stream opened: only the matching ones arrive.
+    for i in 0..30 {
+        let (topic, priority) = match i % 3 {
+            0 => ("task.a.done", "high"),
+            1 => ("task.b.done", "low"),
+            _ => ("other.topic", "high"),
+        };
+        let (s, _) = publish(
+            &hub,
+            json!({"topic": topic, "data": {"i": i, "priority": priority}}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let got = take(&mut stream, 10).await;
+    let is: Vec<i64> = got
+        .iter()
+        .map(|e| e.data.as_ref().expect("data")["i"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(is, (0..30).step_by(3).collect::<Vec<i64>>());
+    assert!(got.windows(2).all(|w| w[0].offset < w[1].offset));
+}
+
+#[tokio::test]
+async fn stream_resumes_after_last_event_id_without_gaps() {
+    let hub = TestHub::start().await.expect("hub");
+    let q = EventQuery {
+        topics: vec!["orders.>".into()],
+        ..Default::default()
+    };
+    let mut stream = hub.api.stream_events(&q, None).await.expect("stream");
+    for i in 0..5 {
+        publish(&hub, json!({"topic": "orders.created", "data": {"i": i}})).await;
+    }
+    let got = take(&mut stream, 5).await;
+    let last = got[4].offset;
+    drop(stream);
+    // Published while nobody listens.
+    for i in 5..12 {
+        publish(&hub, json!({"topic": "orders.created", "data": {"i": i}})).await;
+    }
+    let mut stream = hub.api.stream_events(&q, Some(last)).await.expect("resume");
+    for i in 12..15 {
+        publish(&hub, json!({"topic": "orders.created", "data": {"i": i}})).await;
+    }
+    let got = take(&mut stream, 10).await;
+    let is: Vec<i64> = got
+        .iter()
+        .map(|e| e.data.as_ref().expect("data")["i"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(is, (5..15).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn slow_subscriber_catches_up_from_the_log() {
+    // A tiny buffer: the subscriber falls behind at once and must be
+    // served from the log, in order, with nothing missing or repeated.
+    let hub = TestHub::start_with(
+        DataDir::temp().expect("tmp"),
+        "[bus]\nsubscriber_buffer = 4\n",
+    )
+    .await
+    .expect("hub");
+    let q = EventQuery {
+        topics: vec!["load.>".into()],
+        ..Default::default()
+    };
+    let mut stream = hub.api.stream_events(&q, None).await.expect("stream");
+    let blob = "x".repeat(1000);
+    let total = 3000;
+    for chunk in 0..(total / 500) {
+        let batch: Vec<Value> = (0..500)
+            .map(|i| json!({"topic": "load.test", "data": {"i": chunk * 500 + i, "blob": blob}}))
+            .collect();
+        let (s, _) = publish(&hub, Value::Array(batch)).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let got = take(&mut stream, total).await;
+    let is: Vec<i64> = got
+        .iter()
+        .map(|e| e.data.as_ref().expect("data")["i"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(is, (0..total as i64).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn stream_replays_history_then_goes_live() {
+    let hub = TestHub::start().await.expect("hub");
+    for i in 0..3 {
+        publish(&hub, json!({"topic": "hist.x", "data": {"i": i}})).await;
+    }
+    let q = EventQuery {
+        topics: vec!["hist.*".into()],
+        from: From::After(0),
+        ..Default::default()
+    };
+    let mut stream = hub.api.stream_events(&q, None).await.expect("stream");
+    let got = take(&mut stream, 3).await;
+    assert_eq!(got.len(), 3);
+    publish(&hub, json!({"topic": "hist.x", "data": {"i": 3}})).await;
+    let got = take(&mut stream, 1).await;
+    assert_eq!(got[0].data.as_ref().expect("data")["i"], 3);
+}
+
+#[tokio::test]
+async fn acknowledged_events_survive_kill_9_exactly_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let client = switchboard_client::Client::new(&hub.url("")).expect("client");
+    // Publishers run concurrently; the hub is killed while they do.
+    let mut tasks = Vec::new();
+    for p in 0..4 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                let e = switchboard_wire::PublishEvent {
+                    topic: Some("crash.test".into()),
+                    id: Some(format!("p{p}-{i}")),
+                    ..Default::default()
+                };
+                match client.publish(&[e]).await {
+                    Ok(ack) => acked.push(ack.events[0].id.clone()),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    // Let some events through, then kill.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let page = client
+                .read_events(&EventQuery {
+                    limit: Some(1000),
+                    ..Default::default()
+                })
+                .await
+                .expect("read");
+            if page.events.len() >= 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("200 events within 30s");
+    hub.signal("-KILL").await.expect("kill");
+    hub.wait(Duration::from_secs(10)).await.expect("exit");
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("publisher"));
+    }
+
+    let hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("respawn");
+    let client = switchboard_client::Client::new(&hub.url("")).expect("client");
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .read_events(&EventQuery {
+                from: From::After(after),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .expect("read");
+        if page.events.is_empty() {
+            break;
+        }
+        after = page.next_after;
+        stored.extend(page.events.into_iter().map(|e| e.id));
+    }
+    let mut unique = stored.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), stored.len(), "an event was stored twice");
+    for id in &acked {
+        assert!(
+            stored.contains(id),
+            "acknowledged event {id} is missing after kill -9"
+        );
+    }
+    assert!(acked.len() >= 200, "only {} acknowledged", acked.len());
+}

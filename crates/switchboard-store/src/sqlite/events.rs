@@ -1,0 +1,179 @@
+//! `EventLog` for SQLite.
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use switchboard_bus::{Event, EventLog, NewEvent, ReadFrom};
+use switchboard_core::{Clock, StorageError};
+use tokio::sync::watch;
+
+use super::SqliteStore;
+use super::batch::BatchWrite;
+use crate::{corrupt, storage_error};
+
+/// Events per INSERT statement (9 bound values each, well under SQLite's
+/// limit on bound values).
+const INSERT_CHUNK: usize = 500;
+
+const COLUMNS: &str =
+    "seq, id, source, type, topic, subject, time, datacontenttype, data, extensions";
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StorageError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Group committed with every other append waiting.
+        self.appends.write(events).await
+    }
+
+    async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError> {
+        let (sql, at) = match from {
+            ReadFrom::After(seq) => (
+                format!("SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
+                i64::try_from(seq).unwrap_or(i64::MAX),
+            ),
+            ReadFrom::Time(t) => (
+                format!(
+                    "SELECT {COLUMNS} FROM events WHERE appended_at >= ?1 ORDER BY seq LIMIT ?2"
+                ),
+                t,
+            ),
+        };
+        let rows = sqlx::query(&sql)
+            .bind(at)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| storage_error("read events", e))?;
+        rows.iter().map(decode).collect()
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+}
+
+/// Appends batches of events: multi-row INSERTs in one transaction, then
+/// moves the head once committed.
+pub(crate) struct AppendWrite {
+    pub(crate) clock: Clock,
+    pub(crate) head: watch::Sender<u64>,
+}
+
+impl BatchWrite for AppendWrite {
+    type Item = Vec<NewEvent>;
+    type Output = Vec<Event>;
+
+    async fn write(
+        &self,
+        conn: &mut SqliteConnection,
+        items: &[Self::Item],
+    ) -> Result<Vec<Vec<Event>>, StorageError> {
+        let ctx = "append events";
+        let now = self.clock.now_ms();
+        let all: Vec<&NewEvent> = items.iter().flatten().collect();
+        let mut seqs: Vec<i64> = Vec::with_capacity(all.len());
+        for chunk in all.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (id, source, type, topic, subject, time, appended_at, \
+                 datacontenttype, data, extensions) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(&e.id)
+                    .push_bind(&e.source)
+                    .push_bind(&e.event_type)
+                    .push_bind(&e.topic)
+                    .push_bind(&e.subject)
+                    .push_bind(e.time.unwrap_or(now))
+                    .push_bind(now)
+                    .push_bind(&e.datacontenttype)
+                    .push_bind(e.data.as_ref().map(Value::to_string))
+                    .push_bind(Value::Object(e.extensions.clone()).to_string());
+            });
+            q.push(" RETURNING seq");
+            let mut got: Vec<i64> = q
+                .build_query_scalar()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| storage_error(ctx, e))?;
+            // Rows are numbered in the order of VALUES; RETURNING's order
+            // is not promised, so sort.
+            got.sort_unstable();
+            seqs.extend(got);
+        }
+        if seqs.len() != all.len() {
+            return Err(corrupt(
+                ctx,
+                format!("{} rows for {} events", seqs.len(), all.len()),
+            ));
+        }
+        let mut seqs = seqs.into_iter();
+        Ok(items
+            .iter()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .zip(seqs.by_ref())
+                    .map(|(e, seq)| Event {
+                        offset: u64::try_from(seq).unwrap_or(0),
+                        id: e.id.clone(),
+                        source: e.source.clone(),
+                        event_type: e.event_type.clone(),
+                        topic: e.topic.clone(),
+                        subject: e.subject.clone(),
+                        time: e.time.unwrap_or(now),
+                        datacontenttype: e.datacontenttype.clone(),
+                        data: e.data.clone(),
+                        extensions: e.extensions.clone(),
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn committed(&self, outputs: &[Vec<Event>]) {
+        if let Some(last) = outputs.iter().flatten().map(|e| e.offset).max() {
+            self.head.send_if_modified(|h| {
+                let moved = last > *h;
+                *h = (*h).max(last);
+                moved
+            });
+        }
+    }
+}
+
+/// The last sequence number in the log (0 when empty).
+pub(crate) async fn last_seq(conn: &mut SqliteConnection) -> Result<u64, StorageError> {
+    let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+        .fetch_one(conn)
+        .await
+        .map_err(|e| storage_error("read the log head", e))?;
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+fn decode(row: &SqliteRow) -> Result<Event, StorageError> {
+    let get = |e| storage_error("decode event", e);
+    let seq: i64 = row.try_get("seq").map_err(get)?;
+    let data: Option<String> = row.try_get("data").map_err(get)?;
+    let data = data
+        .map(|d| serde_json::from_str(&d).map_err(|e| corrupt("event data", e)))
+        .transpose()?;
+    let ext: String = row.try_get("extensions").map_err(get)?;
+    let extensions: Map<String, Value> =
+        serde_json::from_str(&ext).map_err(|e| corrupt("event extensions", e))?;
+    Ok(Event {
+        offset: u64::try_from(seq).unwrap_or(0),
+        id: row.try_get("id").map_err(get)?,
+        source: row.try_get("source").map_err(get)?,
+        event_type: row.try_get("type").map_err(get)?,
+        topic: row.try_get("topic").map_err(get)?,
+        subject: row.try_get("subject").map_err(get)?,
+        time: row.try_get("time").map_err(get)?,
+        datacontenttype: row.try_get("datacontenttype").map_err(get)?,
+        data,
+        extensions,
+    })
+}
