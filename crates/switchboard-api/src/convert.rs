@@ -106,8 +106,7 @@ pub(crate) fn new_event(
     prefix: &str,
     errs: &mut FieldErrors,
 ) -> Option<bus::NewEvent> {
-    if e
-        .specversion
+    if e.specversion
         .as_deref()
         .is_some_and(|v| v != bus::event::SPEC_VERSION)
     {

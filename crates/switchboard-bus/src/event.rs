@@ -100,6 +100,22 @@ fn check_attr(errs: &mut FieldErrors, field: String, value: &str) {
 }
 
 impl NewEvent {
+    /// An event the hub itself publishes: topic and type are the same,
+    /// JSON data, a fresh id, the given time.
+    pub fn hub(topic: &str, source: &str, subject: &str, time: UnixMillis, data: Value) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            source: source.to_owned(),
+            event_type: topic.to_owned(),
+            topic: topic.to_owned(),
+            subject: Some(subject.to_owned()),
+            time: Some(time),
+            datacontenttype: "application/json".to_owned(),
+            data: Some(data),
+            extensions: Map::new(),
+        }
+    }
+
     /// Checks every attribute; errors are named `{prefix}{attribute}`
     /// (`events[2].topic`).
     pub fn check(&self, prefix: &str, errs: &mut FieldErrors) {

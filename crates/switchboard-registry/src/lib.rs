@@ -35,7 +35,9 @@ pub use agent::{
     ValidRegistration,
 };
 pub use error::RegistryError;
-pub use store::{AgentFilter, AgentPage, AgentStore};
+pub use store::{AgentFilter, AgentPage, AgentStore, RegisteredEvents};
+
+pub mod events;
 
 use live::LiveTable;
 pub use sweeper::Sweeper;
@@ -194,7 +196,10 @@ impl Registry {
             .live()
             .get(&valid.registration().id)
             .map_or(0, |l| l.status_version + 1);
-        let (agent, created) = self.store().upsert_agent(&valid, min_version, now).await?;
+        let (agent, created) = self
+            .store()
+            .upsert_agent(&valid, min_version, now, &events::registered)
+            .await?;
         self.live().put(&agent.id, agent.liveness());
         if created {
             tracing::info!(agent_id = %agent.id, agent_type = %agent.agent_type, "agent registered");
@@ -216,7 +221,8 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         if let Some((live, change)) = beat.change {
             let batch = [(id.to_owned(), live)];
-            if let Err(e) = self.store().save_liveness(&batch).await {
+            let event = events::status_changed(&change);
+            if let Err(e) = self.store().save_liveness(&batch, vec![event]).await {
                 // Memory is ahead of the store; the next flush retries.
                 self.live().mark_dirty([&batch[0].0]);
                 return Err(e.into());
@@ -265,7 +271,12 @@ impl Registry {
     /// Removes an agent.
     pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
         check_id(id)?;
-        if self.store().delete_agent(id).await? {
+        let now = self.clock().now_ms();
+        if self
+            .store()
+            .delete_agent(id, events::removed(id, now))
+            .await?
+        {
             self.live().remove(id);
             tracing::info!(agent_id = %id, "agent removed");
             Ok(())
@@ -289,7 +300,7 @@ impl Registry {
         if dirty.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = self.store().save_liveness(&dirty).await {
+        if let Err(e) = self.store().save_liveness(&dirty, Vec::new()).await {
             self.live().mark_dirty(dirty.iter().map(|(id, _)| id));
             return Err(e.into());
         }

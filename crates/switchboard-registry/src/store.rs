@@ -1,6 +1,7 @@
 //! The storage the registry needs, as a trait that each backend implements.
 
 use async_trait::async_trait;
+use switchboard_bus::NewEvent;
 use switchboard_core::{StorageError, UnixMillis};
 
 use crate::agent::{Agent, AgentStatus, Liveness, ValidRegistration};
@@ -27,7 +28,14 @@ pub struct AgentPage {
     pub next_after: Option<String>,
 }
 
-/// Storage for agents. Implementations must make every method atomic.
+/// Builds the events that record a registration, from the stored agent and
+/// whether it is new.
+pub type RegisteredEvents<'a> = &'a (dyn Fn(&Agent, bool) -> Vec<NewEvent> + Sync);
+
+/// Storage for agents. Implementations must make every method atomic, and
+/// append the events given to a method to the event log in the same
+/// transaction as the change they describe (a transactional outbox), so
+/// state and events never disagree.
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
     /// Inserts or replaces the registration of `reg.id`, keeping its first
@@ -40,13 +48,18 @@ pub trait AgentStore: Send + Sync + 'static {
         reg: &ValidRegistration,
         min_status_version: u64,
         now: UnixMillis,
+        events: RegisteredEvents<'_>,
     ) -> Result<(Agent, bool), StorageError>;
 
     /// Writes the liveness of several agents. The status fields of an
     /// agent are written only when the given `status_version` is newer
     /// than the stored one; the last heartbeat time never moves back.
     /// Agents that no longer exist are skipped.
-    async fn save_liveness(&self, batch: &[(String, Liveness)]) -> Result<(), StorageError>;
+    async fn save_liveness(
+        &self,
+        batch: &[(String, Liveness)],
+        events: Vec<NewEvent>,
+    ) -> Result<(), StorageError>;
 
     /// The liveness of every agent, to start from.
     async fn load_liveness(&self) -> Result<Vec<(String, Liveness)>, StorageError>;
@@ -62,6 +75,6 @@ pub trait AgentStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<AgentPage, StorageError>;
 
-    /// Removes an agent; whether it existed.
-    async fn delete_agent(&self, id: &str) -> Result<bool, StorageError>;
+    /// Removes an agent, appending `event` if it existed; whether it did.
+    async fn delete_agent(&self, id: &str, event: NewEvent) -> Result<bool, StorageError>;
 }

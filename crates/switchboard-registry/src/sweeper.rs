@@ -68,7 +68,11 @@ impl Registry {
             .iter()
             .map(|(id, live, _)| (id.clone(), live.clone()))
             .collect();
-        if let Err(e) = self.store().save_liveness(&batch).await {
+        let events = lapsed
+            .iter()
+            .map(|(_, _, c)| crate::events::status_changed(c))
+            .collect();
+        if let Err(e) = self.store().save_liveness(&batch, events).await {
             self.live().mark_dirty(batch.iter().map(|(id, _)| id));
             return Err(e.into());
         }

@@ -181,7 +181,13 @@ impl SqliteStore {
         tokio::spawn(checkpointer(checkpoints.clone(), stop.clone()));
         tracing::info!(path = %path.display(), "store opened");
         Ok(Self {
-            liveness: Batcher::start(writer.clone(), LivenessWrite),
+            liveness: Batcher::start(
+                writer.clone(),
+                LivenessWrite {
+                    clock: config.clock.clone(),
+                    head: head.clone(),
+                },
+            ),
             appends: Batcher::start(
                 writer.clone(),
                 AppendWrite {

@@ -525,3 +525,76 @@ async fn acknowledged_events_survive_kill_9_exactly_once() {
     }
     assert!(acked.len() >= 200, "only {} acknowledged", acked.len());
 }
+
+#[tokio::test]
+async fn the_registry_publishes_its_changes() {
+    let fast = "[registry]\nheartbeat_interval = \"100ms\"\nstale_after_missed = 3\noffline_after_missed = 100\nsweep_interval = \"20ms\"\n";
+    let hub = TestHub::start_with(DataDir::temp().expect("tmp"), fast)
+        .await
+        .expect("hub");
+    let q = EventQuery {
+        topics: vec!["agent.>".into()],
+        ..Default::default()
+    };
+    let mut stream = hub.api.stream_events(&q, None).await.expect("stream");
+    hub.http
+        .post(hub.url("/api/v1/agents/register"))
+        .json(&crate::agent("ev-1", "worker", &["x"]))
+        .send()
+        .await
+        .expect("send");
+    hub.http
+        .post(hub.url("/api/v1/agents/ev-1/heartbeat"))
+        .json(&json!({"status": "busy"}))
+        .send()
+        .await
+        .expect("send");
+    // Silent now: the sweeper marks it stale (and says so on the bus).
+    let got = take(&mut stream, 3).await;
+    let summary: Vec<(String, Value)> = got
+        .iter()
+        .map(|e| (e.event_type.clone(), e.data.clone().expect("data")))
+        .collect();
+    assert_eq!(summary[0].0, "agent.registered");
+    assert_eq!(summary[0].1["agent_id"], "ev-1");
+    assert_eq!(summary[0].1["new"], true);
+    assert_eq!(summary[1].0, "agent.status_changed");
+    assert_eq!(
+        (&summary[1].1["from"], &summary[1].1["to"]),
+        (&json!("active"), &json!("busy"))
+    );
+    assert_eq!(summary[2].0, "agent.status_changed");
+    assert_eq!(
+        (&summary[2].1["from"], &summary[2].1["to"]),
+        (&json!("busy"), &json!("stale"))
+    );
+    assert!(got.iter().all(|e| e.subject.as_deref() == Some("ev-1")));
+    assert!(got.iter().all(|e| e.source == "/switchboard/registry"));
+
+    let resp = hub
+        .http
+        .delete(hub.url("/api/v1/agents/ev-1"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let got = take(&mut stream, 1).await;
+    assert_eq!(got[0].event_type, "agent.removed");
+    // The same events are in the log, in the same order.
+    let page = read(&hub, "topic=agent.>").await;
+    let types: Vec<&str> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "agent.registered",
+            "agent.status_changed",
+            "agent.status_changed",
+            "agent.removed"
+        ]
+    );
+}

@@ -6,13 +6,17 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use switchboard_core::{StorageError, UnixMillis};
+use switchboard_bus::NewEvent;
+use switchboard_core::{Clock, StorageError, UnixMillis};
 use switchboard_registry::{
-    Agent, AgentFilter, AgentPage, AgentStatus, AgentStore, Liveness, ValidRegistration,
+    Agent, AgentFilter, AgentPage, AgentStatus, AgentStore, Liveness, RegisteredEvents,
+    ValidRegistration,
 };
+use tokio::sync::watch;
 
 use super::SqliteStore;
 use super::batch::BatchWrite;
+use super::events::{advance, insert_events};
 use crate::{corrupt, storage_error};
 
 const COLUMNS: &str = "id, agent_type, name, version, capabilities, endpoint, health_check_url, \
@@ -27,6 +31,7 @@ impl AgentStore for SqliteStore {
         reg: &ValidRegistration,
         min_status_version: u64,
         now: UnixMillis,
+        events: RegisteredEvents<'_>,
     ) -> Result<(Agent, bool), StorageError> {
         let r = reg.registration();
         let ctx = "register agent";
@@ -89,16 +94,32 @@ impl AgentStore for SqliteStore {
                 .await
                 .map_err(|e| storage_error(ctx, e))?;
         }
+        let created = previous.is_none();
+        let outbox = events(&agent, created);
+        let seqs = insert_events(&mut tx, &outbox.iter().collect::<Vec<_>>(), now).await?;
         tx.commit().await.map_err(|e| storage_error(ctx, e))?;
-        Ok((agent, previous.is_none()))
+        if let Some(last) = seqs.last() {
+            advance(&self.head, *last);
+        }
+        Ok((agent, created))
     }
 
-    async fn save_liveness(&self, batch: &[(String, Liveness)]) -> Result<(), StorageError> {
-        if batch.is_empty() {
+    async fn save_liveness(
+        &self,
+        batch: &[(String, Liveness)],
+        events: Vec<NewEvent>,
+    ) -> Result<(), StorageError> {
+        if batch.is_empty() && events.is_empty() {
             return Ok(());
         }
         // Group committed with every other liveness write waiting.
-        self.liveness.write(batch.to_vec()).await
+        self.liveness
+            .write(LivenessBatch {
+                rows: batch.to_vec(),
+                events,
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn load_liveness(&self) -> Result<Vec<(String, Liveness)>, StorageError> {
@@ -170,32 +191,57 @@ impl AgentStore for SqliteStore {
         })
     }
 
-    async fn delete_agent(&self, id: &str) -> Result<bool, StorageError> {
+    async fn delete_agent(&self, id: &str, event: NewEvent) -> Result<bool, StorageError> {
+        let ctx = "delete agent";
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(|e| storage_error(ctx, e))?;
         let done = sqlx::query("DELETE FROM agents WHERE id = ?")
             .bind(id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
-            .map_err(|e| storage_error("delete agent", e))?;
-        Ok(done.rows_affected() > 0)
+            .map_err(|e| storage_error(ctx, e))?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let seqs = insert_events(&mut tx, &[&event], event.time.unwrap_or(0)).await?;
+        tx.commit().await.map_err(|e| storage_error(ctx, e))?;
+        if let Some(last) = seqs.last() {
+            advance(&self.head, *last);
+        }
+        Ok(true)
     }
 }
 
-/// Writes batches of liveness with one statement: an `UPDATE ... FROM`
-/// over all of them, passed as one JSON array.
-pub(crate) struct LivenessWrite;
+/// Liveness rows to write, and the events that record their changes.
+pub(crate) struct LivenessBatch {
+    rows: Vec<(String, Liveness)>,
+    events: Vec<NewEvent>,
+}
+
+/// Writes batches of liveness with one statement (an `UPDATE ... FROM`
+/// over all of them, passed as one JSON array) and their events, in one
+/// transaction.
+pub(crate) struct LivenessWrite {
+    pub(crate) clock: Clock,
+    pub(crate) head: watch::Sender<u64>,
+}
 
 impl BatchWrite for LivenessWrite {
-    type Item = Vec<(String, Liveness)>;
-    type Output = ();
+    type Item = LivenessBatch;
+    /// The last event appended for the item, if any.
+    type Output = Option<u64>;
 
     async fn write(
         &self,
         conn: &mut SqliteConnection,
         items: &[Self::Item],
-    ) -> Result<Vec<()>, StorageError> {
+    ) -> Result<Vec<Option<u64>>, StorageError> {
         // One row per agent: the newest of its entries in the batch.
         let mut newest: HashMap<&str, &Liveness> = HashMap::new();
-        for (id, live) in items.iter().flatten() {
+        for (id, live) in items.iter().flat_map(|i| &i.rows) {
             let keep = newest.get(id.as_str()).is_none_or(|old| {
                 (live.status_version, live.last_heartbeat_at)
                     >= (old.status_version, old.last_heartbeat_at)
@@ -241,10 +287,23 @@ impl BatchWrite for LivenessWrite {
              WHERE agents.id = v_id",
         )
         .bind(Value::Array(rows).to_string())
-        .execute(conn)
+        .execute(&mut *conn)
         .await
         .map_err(|e| storage_error("save liveness", e))?;
-        Ok(vec![(); items.len()])
+        let events: Vec<&NewEvent> = items.iter().flat_map(|i| &i.events).collect();
+        let mut seqs = insert_events(conn, &events, self.clock.now_ms())
+            .await?
+            .into_iter();
+        Ok(items
+            .iter()
+            .map(|i| seqs.by_ref().take(i.events.len()).last())
+            .collect())
+    }
+
+    fn committed(&self, outputs: &[Option<u64>]) {
+        if let Some(last) = outputs.iter().flatten().max() {
+            advance(&self.head, *last);
+        }
     }
 }
 

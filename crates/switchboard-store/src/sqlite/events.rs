@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use switchboard_bus::{Event, EventLog, NewEvent, ReadFrom};
-use switchboard_core::{Clock, StorageError};
+use switchboard_core::{Clock, StorageError, UnixMillis};
 use tokio::sync::watch;
 
 use super::SqliteStore;
@@ -72,45 +72,9 @@ impl BatchWrite for AppendWrite {
         conn: &mut SqliteConnection,
         items: &[Self::Item],
     ) -> Result<Vec<Vec<Event>>, StorageError> {
-        let ctx = "append events";
         let now = self.clock.now_ms();
         let all: Vec<&NewEvent> = items.iter().flatten().collect();
-        let mut seqs: Vec<i64> = Vec::with_capacity(all.len());
-        for chunk in all.chunks(INSERT_CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (id, source, type, topic, subject, time, appended_at, \
-                 datacontenttype, data, extensions) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(&e.id)
-                    .push_bind(&e.source)
-                    .push_bind(&e.event_type)
-                    .push_bind(&e.topic)
-                    .push_bind(&e.subject)
-                    .push_bind(e.time.unwrap_or(now))
-                    .push_bind(now)
-                    .push_bind(&e.datacontenttype)
-                    .push_bind(e.data.as_ref().map(Value::to_string))
-                    .push_bind(Value::Object(e.extensions.clone()).to_string());
-            });
-            q.push(" RETURNING seq");
-            let mut got: Vec<i64> = q
-                .build_query_scalar()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(|e| storage_error(ctx, e))?;
-            // Rows are numbered in the order of VALUES; RETURNING's order
-            // is not promised, so sort.
-            got.sort_unstable();
-            seqs.extend(got);
-        }
-        if seqs.len() != all.len() {
-            return Err(corrupt(
-                ctx,
-                format!("{} rows for {} events", seqs.len(), all.len()),
-            ));
-        }
-        let mut seqs = seqs.into_iter();
+        let mut seqs = insert_events(conn, &all, now).await?.into_iter();
         Ok(items
             .iter()
             .map(|batch| {
@@ -118,7 +82,7 @@ impl BatchWrite for AppendWrite {
                     .iter()
                     .zip(seqs.by_ref())
                     .map(|(e, seq)| Event {
-                        offset: u64::try_from(seq).unwrap_or(0),
+                        offset: seq,
                         id: e.id.clone(),
                         source: e.source.clone(),
                         event_type: e.event_type.clone(),
@@ -136,13 +100,65 @@ impl BatchWrite for AppendWrite {
 
     fn committed(&self, outputs: &[Vec<Event>]) {
         if let Some(last) = outputs.iter().flatten().map(|e| e.offset).max() {
-            self.head.send_if_modified(|h| {
-                let moved = last > *h;
-                *h = (*h).max(last);
-                moved
-            });
+            advance(&self.head, last);
         }
     }
+}
+
+/// Moves the head forward to `seq` (never back), waking the dispatcher.
+pub(crate) fn advance(head: &watch::Sender<u64>, seq: u64) {
+    head.send_if_modified(|h| {
+        let moved = seq > *h;
+        *h = (*h).max(seq);
+        moved
+    });
+}
+
+/// Inserts events in order inside the caller's transaction; their
+/// sequence numbers, in the same order. The head must be advanced after
+/// the transaction commits.
+pub(crate) async fn insert_events(
+    conn: &mut SqliteConnection,
+    events: &[&NewEvent],
+    now: UnixMillis,
+) -> Result<Vec<u64>, StorageError> {
+    let ctx = "append events";
+    let mut seqs: Vec<u64> = Vec::with_capacity(events.len());
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (id, source, type, topic, subject, time, appended_at, \
+             datacontenttype, data, extensions) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(&e.id)
+                .push_bind(&e.source)
+                .push_bind(&e.event_type)
+                .push_bind(&e.topic)
+                .push_bind(&e.subject)
+                .push_bind(e.time.unwrap_or(now))
+                .push_bind(now)
+                .push_bind(&e.datacontenttype)
+                .push_bind(e.data.as_ref().map(Value::to_string))
+                .push_bind(Value::Object(e.extensions.clone()).to_string());
+        });
+        q.push(" RETURNING seq");
+        let mut got: Vec<i64> = q
+            .build_query_scalar()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| storage_error(ctx, e))?;
+        // Rows are numbered in the order of VALUES; RETURNING's order is
+        // not promised, so sort.
+        got.sort_unstable();
+        seqs.extend(got.into_iter().map(|s| u64::try_from(s).unwrap_or(0)));
+    }
+    if seqs.len() != events.len() {
+        return Err(corrupt(
+            ctx,
+            format!("{} rows for {} events", seqs.len(), events.len()),
+        ));
+    }
+    Ok(seqs)
 }
 
 /// The last sequence number in the log (0 when empty).
