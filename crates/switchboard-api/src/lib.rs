@@ -34,7 +34,7 @@ pub use context::CORRELATION_ID;
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks};
 
-use routes::{agents, events, system};
+use routes::{agents, events, system, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -65,6 +65,7 @@ fn route_table() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::heartbeat))
         .routes(routes!(events::publish, events::read))
         .routes(routes!(events::stream))
+        .routes(routes!(ws::upgrade))
 }
 
 /// The OpenAPI 3.1 document of every route [`router`] serves.

@@ -3,3 +3,4 @@
 pub(crate) mod agents;
 pub(crate) mod events;
 pub(crate) mod system;
+pub(crate) mod ws;

@@ -8,6 +8,7 @@ use switchboard_bus::Bus;
 use switchboard_core::Readiness;
 use switchboard_registry::Registry;
 use switchboard_telemetry::Metrics;
+use tokio_util::sync::CancellationToken;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How long a request may take before it is answered 503.
     pub request_timeout: Duration,
+    /// How often the hub pings each WebSocket.
+    pub ws_heartbeat_interval: Duration,
 }
 
 impl Default for ApiConfig {
@@ -23,6 +26,7 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            ws_heartbeat_interval: Duration::from_secs(30),
         }
     }
 }
@@ -56,4 +60,7 @@ pub struct AppState {
     /// HTTP settings.
     #[from_ref(skip)]
     pub config: ApiConfig,
+    /// Cancelled when the hub shuts down; long-lived connections watch it.
+    #[from_ref(skip)]
+    pub shutdown: CancellationToken,
 }

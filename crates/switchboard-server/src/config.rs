@@ -101,6 +101,8 @@ struct FileHttp {
     max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    ws_heartbeat_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +187,15 @@ impl Config {
         }
         if let Some(t) = f.http.request_timeout {
             c.http.request_timeout = t;
+        }
+        if let Some(t) = f.http.ws_heartbeat_interval {
+            if t < Duration::from_millis(10) {
+                errs.push(FieldError::new(
+                    "http.ws_heartbeat_interval",
+                    "must be at least 10ms",
+                ));
+            }
+            c.http.ws_heartbeat_interval = t;
         }
         if let Some(h) = &o.heartbeat_interval {
             match humantime::parse_duration(h) {

@@ -65,6 +65,7 @@ impl Hub {
         .map_err(|e| ServerError::Registry(e.to_string()))?;
         let bus = Bus::new(Arc::new(store.clone()), config.bus.clone(), Clock::system());
         let state = AppState {
+            shutdown: CancellationToken::new(),
             registry,
             bus,
             metrics: Metrics::new(),
@@ -89,7 +90,7 @@ impl Hub {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let token = CancellationToken::new();
+        let token = self.state.shutdown.clone();
         let tracker = TaskTracker::new();
         let grace = self.config.shutdown_grace;
 

@@ -10,6 +10,7 @@ mod openapi;
 mod persistence;
 mod registry;
 mod system;
+mod ws;
 
 use serde_json::{Value, json};
 

@@ -1,0 +1,378 @@
+//! `GET /ws`: the WebSocket protocol. One JSON object per text frame.
+//!
+//! Client to hub (`op`):
+//! - `subscribe`: `{"op": "subscribe", "id": "s1", "topics": ["task.>"],
+//!   "filter": {...}, "after": 41 | "from_time": "2026-…Z"}`; answered
+//!   `{"op": "subscribed", "id": "s1"}`, then `{"op": "event", "sub": "s1",
+//!   "event": {CloudEvent}}` for each match, in offset order. With `after`
+//!   or `from_time` the log is replayed first, so a client that reconnects
+//!   resumes after the last offset it processed, with nothing missed.
+//! - `unsubscribe`: `{"op": "unsubscribe", "id": "s1"}` → `unsubscribed`.
+//! - `publish`: `{"op": "publish", "ref": "r1", "event": {…}}` or
+//!   `"events": [...]` → `{"op": "published", "ref": "r1", "events":
+//!   [{"id", "topic", "offset"}]}` once durable.
+//! - `ping` → `pong`.
+//!
+//! Anything wrong with a frame (not JSON, unknown `op`, bad fields) is
+//! answered `{"op": "error", "ref": …, "code": …, "message": …, "errors":
+//! [{"field", "reason"}]}` and the connection stays open. The hub sends a
+//! WebSocket ping every `ws.heartbeat_interval` (30 s) and closes a
+//! connection that has sent nothing for two intervals (close code 1001).
+//! A frame over `http.max_body_bytes` closes the connection (1009). On
+//! shutdown the hub closes every connection with 1001.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use switchboard_bus::{Bus, Filter, Pattern, Start, SubscriptionSpec};
+use switchboard_core::FieldErrors;
+use switchboard_wire::PublishEvent;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::convert;
+use crate::state::{ApiConfig, AppState};
+
+/// Frames waiting to be written to one connection; a subscription whose
+/// events cannot be written waits, fills its own buffer, and is then
+/// caught up from the log.
+const OUTBOUND: usize = 64;
+/// Subscriptions one connection may hold.
+const MAX_SUBSCRIPTIONS: usize = 64;
+
+/// Open a WebSocket; the protocol is described in this module's docs and in
+/// the README.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "events",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request"),
+    )
+)]
+pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let cfg = state.config.clone();
+    // Small buffers: a hub holds many idle connections, and tungstenite's
+    // defaults (128 KiB each way) would dominate its memory.
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(cfg.max_body_bytes * 2)
+        .max_message_size(cfg.max_body_bytes)
+        .max_frame_size(cfg.max_body_bytes)
+        .on_upgrade(move |socket| connection(socket, state.bus, cfg, state.shutdown))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum Request {
+    Subscribe {
+        id: String,
+        #[serde(default)]
+        topics: Vec<String>,
+        #[serde(default)]
+        filter: Option<Map<String, Value>>,
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        from_time: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    Unsubscribe {
+        id: String,
+    },
+    Publish {
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+        #[serde(default)]
+        event: Option<PublishEvent>,
+        #[serde(default)]
+        events: Option<Vec<PublishEvent>>,
+    },
+    Ping,
+}
+
+struct Conn {
+    bus: Bus,
+    out: mpsc::Sender<Message>,
+    subs: HashMap<String, JoinHandle<()>>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for (_, task) in self.subs.drain() {
+            task.abort();
+        }
+    }
+}
+
+fn text(v: &Value) -> Message {
+    Message::Text(Utf8Bytes::from(v.to_string()))
+}
+
+fn error_frame(reference: Option<&str>, code: &str, message: &str, errors: Value) -> Message {
+    text(&json!({
+        "op": "error",
+        "ref": reference,
+        "code": code,
+        "message": message,
+        "errors": errors,
+    }))
+}
+
+async fn connection(socket: WebSocket, bus: Bus, cfg: ApiConfig, shutdown: CancellationToken) {
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut outbound) = mpsc::channel::<Message>(OUTBOUND);
+    let mut conn = Conn {
+        bus,
+        out,
+        subs: HashMap::new(),
+    };
+    let beat = cfg.ws_heartbeat_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
+    let mut last_heard = Instant::now();
+    let close = |code, reason: &'static str| {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }))
+    };
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(t))) => {
+                        let reply = conn.handle(t.as_str()).await;
+                        if sink.send(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let reply = error_frame(None, "UNSUPPORTED_FRAME", "send JSON in text frames", Value::Null);
+                        if sink.send(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(error)) => {
+                        // Oversized frames and protocol violations end here.
+                        tracing::debug!(%error, "websocket read failed");
+                        let _ = sink.send(close(close_code::SIZE, "frame too large or malformed")).await;
+                        break;
+                    }
+                }
+            }
+            Some(msg) = outbound.recv() => {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > beat * 2 {
+                    let _ = sink.send(close(close_code::AWAY, "no frame from the client for two heartbeat intervals")).await;
+                    break;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            _ = shutdown.cancelled() => {
+                let _ = sink.send(close(close_code::AWAY, "the hub is shutting down")).await;
+                break;
+            }
+        }
+    }
+}
+
+impl Conn {
+    async fn handle(&mut self, frame: &str) -> Message {
+        let req: Request = match serde_json::from_str(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                let code = if e.is_data() {
+                    "INVALID_FRAME"
+                } else {
+                    "MALFORMED_JSON"
+                };
+                return error_frame(None, code, &format!("{e}"), Value::Null);
+            }
+        };
+        match req {
+            Request::Ping => text(&json!({"op": "pong"})),
+            Request::Subscribe {
+                id,
+                topics,
+                filter,
+                after,
+                from_time,
+            } => self.subscribe(id, topics, filter, after, from_time),
+            Request::Unsubscribe { id } => match self.subs.remove(&id) {
+                Some(task) => {
+                    task.abort();
+                    text(&json!({"op": "unsubscribed", "id": id}))
+                }
+                None => error_frame(
+                    Some(&id),
+                    "UNKNOWN_SUBSCRIPTION",
+                    "no subscription with this id on this connection",
+                    Value::Null,
+                ),
+            },
+            Request::Publish {
+                reference,
+                event,
+                events,
+            } => self.publish(reference, event, events).await,
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        id: String,
+        topics: Vec<String>,
+        filter: Option<Map<String, Value>>,
+        after: Option<u64>,
+        from_time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Message {
+        let mut errs = FieldErrors::new();
+        if id.is_empty() || id.len() > 128 {
+            errs.push("id", "must be 1 to 128 characters");
+        } else if self.subs.contains_key(&id) {
+            errs.push("id", "is already a subscription on this connection");
+        }
+        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+            errs.push(
+                "id",
+                format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+            );
+        }
+        let mut patterns = Vec::new();
+        for (i, t) in topics.iter().enumerate() {
+            match Pattern::parse(t) {
+                Ok(p) => patterns.push(p),
+                Err(r) => errs.push(format!("topics[{i}]"), r),
+            }
+        }
+        let filter = match filter.as_ref().map(Filter::parse).transpose() {
+            Ok(f) => f.unwrap_or_default(),
+            Err(r) => {
+                errs.push("filter", r);
+                Filter::default()
+            }
+        };
+        if after.is_some() && from_time.is_some() {
+            errs.push("after", "give after or from_time, not both");
+        }
+        if let Err(errors) = errs.finish() {
+            return error_frame(
+                Some(&id),
+                "VALIDATION_FAILED",
+                "the subscription was refused",
+                json!(
+                    errors
+                        .iter()
+                        .map(|e| json!({"field": e.field, "reason": e.reason}))
+                        .collect::<Vec<_>>()
+                ),
+            );
+        }
+        let start = match (after, from_time) {
+            (Some(o), _) => Start::After(o),
+            (None, Some(t)) => Start::Time(t.timestamp_millis()),
+            (None, None) => Start::Now,
+        };
+        let mut sub = self.bus.subscribe(SubscriptionSpec {
+            patterns,
+            filter,
+            start,
+        });
+        let out = self.out.clone();
+        let sub_id = id.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(e) = sub.next().await {
+                let frame = json!({
+                    "op": "event",
+                    "sub": sub_id,
+                    "event": convert::cloud_event((*e).clone()),
+                });
+                if out.send(text(&frame)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.subs.insert(id.clone(), task);
+        text(&json!({"op": "subscribed", "id": id}))
+    }
+
+    async fn publish(
+        &mut self,
+        reference: Option<String>,
+        event: Option<PublishEvent>,
+        events: Option<Vec<PublishEvent>>,
+    ) -> Message {
+        let r = reference.as_deref();
+        let given = match (event, events) {
+            (Some(e), None) => vec![e],
+            (None, Some(es)) => es,
+            _ => {
+                return error_frame(
+                    r,
+                    "VALIDATION_FAILED",
+                    "give event or events",
+                    json!([{"field": "event", "reason": "give event or events, not both or neither"}]),
+                );
+            }
+        };
+        let batch = given.len() > 1;
+        let mut errs = FieldErrors::new();
+        let mut converted = Vec::with_capacity(given.len());
+        for (i, e) in given.into_iter().enumerate() {
+            let prefix = if batch {
+                format!("events[{i}].")
+            } else {
+                String::new()
+            };
+            if let Some(e) = convert::new_event(e, &prefix, &mut errs) {
+                e.check(&prefix, &mut errs);
+                converted.push(e);
+            }
+        }
+        if let Err(errors) = errs.finish() {
+            return error_frame(
+                r,
+                "VALIDATION_FAILED",
+                "the events were refused; none was published",
+                json!(
+                    errors
+                        .iter()
+                        .map(|e| json!({"field": e.field, "reason": e.reason}))
+                        .collect::<Vec<_>>()
+                ),
+            );
+        }
+        match self.bus.publish(converted).await {
+            Ok(stored) => text(&json!({
+                "op": "published",
+                "ref": r,
+                "events": stored.iter().map(|e| json!({"id": e.id, "topic": e.topic, "offset": e.offset})).collect::<Vec<_>>(),
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "publish over websocket failed");
+                error_frame(
+                    r,
+                    "PUBLISH_FAILED",
+                    "the events could not be stored; try again",
+                    Value::Null,
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The WebSocket protocol over a real connection.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_test::{DataDir, TestHub};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(hub: &TestHub) -> Ws {
+    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", hub.addr))
+        .await
+        .expect("connect");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+/// The next JSON frame, within 10 s.
+async fn recv(ws: &mut Ws) -> Value {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await.expect("open").expect("frame") {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("json"),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a frame within 10s")
+}
+
+#[tokio::test]
+async fn subscribe_publish_and_receive_in_order() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut sub = connect(&hub).await;
+    send(&mut sub, json!({"op": "subscribe", "id": "s1", "topics": ["task.*.completed"], "filter": {"priority": ["high"]}})).await;
+    assert_eq!(
+        recv(&mut sub).await,
+        json!({"op": "subscribed", "id": "s1"})
+    );
+
+    let mut publisher = connect(&hub).await;
+    for i in 0..10 {
+        let priority = if i % 2 == 0 { "high" } else { "low" };
+        send(
+            &mut publisher,
+            json!({"op": "publish", "ref": format!("r{i}"),
+            "event": {"topic": "task.codegen.completed", "data": {"i": i, "priority": priority}}}),
+        )
+        .await;
+        let ack = recv(&mut publisher).await;
+        assert_eq!(ack["op"], "published");
+        assert_eq!(ack["ref"], format!("r{i}"));
+        assert!(ack["events"][0]["offset"].as_u64().expect("offset") > 0);
+    }
+    send(&mut publisher, json!({"op": "publish", "event": {"topic": "task.codegen.failed", "data": {"priority": "high"}}})).await;
+    recv(&mut publisher).await;
+    let mut last = 0;
+    for want in (0..10).step_by(2) {
+        let f = recv(&mut sub).await;
+        assert_eq!(f["op"], "event");
+        assert_eq!(f["sub"], "s1");
+        assert_eq!(f["event"]["data"]["i"], want);
+        let offset = f["event"]["offset"].as_u64().expect("offset");
+        assert!(offset > last);
+        last = offset;
+    }
+    // Unsubscribed: nothing more arrives, and the answer says so.
+    send(&mut sub, json!({"op": "unsubscribe", "id": "s1"})).await;
+    assert_eq!(
+        recv(&mut sub).await,
+        json!({"op": "unsubscribed", "id": "s1"})
+    );
+    send(&mut publisher, json!({"op": "publish", "event": {"topic": "task.x.completed", "data": {"priority": "high"}}})).await;
+    recv(&mut publisher).await;
+    send(&mut sub, json!({"op": "ping"})).await;
+    assert_eq!(recv(&mut sub).await, json!({"op": "pong"}));
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_survives() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut ws = connect(&hub).await;
+    let cases = [
+        ("not json", "MALFORMED_JSON", None),
+        (r#"{"op": "dance"}"#, "INVALID_FRAME", None),
+        (r#"{"op": "subscribe"}"#, "INVALID_FRAME", None),
+        (
+            r#"{"op": "subscribe", "id": "a", "topics": ["ok.>", "bad..topic"]}"#,
+            "VALIDATION_FAILED",
+            Some("topics[1]"),
+        ),
+        (
+            r#"{"op": "subscribe", "id": "b", "filter": {"x": []}}"#,
+            "VALIDATION_FAILED",
+            Some("filter"),
+        ),
+        (
+            r#"{"op": "unsubscribe", "id": "nope"}"#,
+            "UNKNOWN_SUBSCRIPTION",
+            None,
+        ),
+        (
+            r#"{"op": "publish", "event": {"topic": "a.*"}}"#,
+            "VALIDATION_FAILED",
+            Some("topic"),
+        ),
+        (
+            r#"{"op": "publish", "events": [{"topic": "ok"}, {"data": 1}]}"#,
+            "VALIDATION_FAILED",
+            Some("events[1].topic"),
+        ),
+    ];
+    for (frame, code, field) in cases {
+        ws.send(Message::Text(frame.into())).await.expect("send");
+        let e = recv(&mut ws).await;
+        assert_eq!(e["op"], "error", "{frame}");
+        assert_eq!(e["code"], code, "{frame}: {e}");
+        if let Some(field) = field {
+            assert_eq!(e["errors"][0]["field"], field, "{frame}: {e}");
+        }
+    }
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .expect("send");
+    assert_eq!(recv(&mut ws).await["code"], "UNSUPPORTED_FRAME");
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "dup", "topics": ["x"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["op"], "subscribed");
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "dup", "topics": ["y"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["errors"][0]["field"], "id");
+    // Still open, still answering.
+    send(&mut ws, json!({"op": "ping"})).await;
+    assert_eq!(recv(&mut ws).await, json!({"op": "pong"}));
+    // Nothing refused was published.
+    let page: Value = hub
+        .http
+        .get(hub.url("/api/v1/events"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["events"], json!([]));
+}
+
+#[tokio::test]
+async fn reconnect_resumes_after_the_last_offset() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut ws = connect(&hub).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "s", "topics": ["jobs.>"]}),
+    )
+    .await;
+    recv(&mut ws).await;
+    let publish = |i: i64| {
+        let http = hub.http.clone();
+        let url = hub.url("/api/v1/events");
+        async move {
+            http.post(url)
+                .json(&json!({"topic": "jobs.run", "data": {"i": i}}))
+                .send()
+                .await
+                .expect("send");
+        }
+    };
+    for i in 0..3 {
+        publish(i).await;
+    }
+    let mut last = 0;
+    for i in 0..3 {
+        let f = recv(&mut ws).await;
+        assert_eq!(f["event"]["data"]["i"], i);
+        last = f["event"]["offset"].as_u64().expect("offset");
+    }
+    drop(ws);
+    for i in 3..6 {
+        publish(i).await;
+    }
+    let mut ws = connect(&hub).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "s", "topics": ["jobs.>"], "after": last}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["op"], "subscribed");
+    publish(6).await;
+    for i in 3..7 {
+        let f = recv(&mut ws).await;
+        assert_eq!(f["event"]["data"]["i"], i, "{f}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_frames_close_the_connection() {
+    let hub = TestHub::start_with(
+        DataDir::temp().expect("tmp"),
+        "[http]\nmax_body_bytes = 8192\n",
+    )
+    .await
+    .expect("hub");
+    let mut ws = connect(&hub).await;
+    let big = json!({"op": "publish", "event": {"topic": "big", "data": "x".repeat(20_000)}});
+    let _ = ws.send(Message::Text(big.to_string().into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(Message::Close(Some(c))) => return Some(c.code),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within 10s");
+    assert_eq!(closed, Some(CloseCode::Size));
+}
+
+#[tokio::test]
+async fn silent_clients_are_closed_and_shutdown_closes_everyone() {
+    let hub = TestHub::start_with(
+        DataDir::temp().expect("tmp"),
+        "[http]\nws_heartbeat_interval = \"100ms\"\n",
+    )
+    .await
+    .expect("hub");
+    // A client that reads (and so answers pings) stays open...
+    let mut live = connect(&hub).await;
+    // ...one that never reads cannot answer pings and is closed.
+    let mut silent = connect(&hub).await;
+    for _ in 0..5 {
+        send(&mut live, json!({"op": "ping"})).await;
+        assert_eq!(recv(&mut live).await, json!({"op": "pong"}));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(frame)) = silent.next().await {
+            if let Message::Close(Some(c)) = frame {
+                return Some(c.code);
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed");
+    assert_eq!(code, Some(CloseCode::Away));
+
+    hub.stop().await.expect("stop");
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(frame)) = live.next().await {
+            if let Message::Close(Some(c)) = frame {
+                return Some((c.code, c.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed at shutdown");
+    assert_eq!(
+        code,
+        Some((CloseCode::Away, "the hub is shutting down".to_owned()))
+    );
+}
