@@ -45,6 +45,14 @@ struct Args {
     /// (default: 3, smoke: 1).
     #[arg(long)]
     repeat: Option<usize>,
+    /// WebSocket connections for `ws-connections` (default 100,000, capped
+    /// by the open-file limit; smoke: 200).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Seconds `ws-connections` holds the connections open (default 60;
+    /// smoke: 1).
+    #[arg(long)]
+    hold: Option<u64>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -53,6 +61,8 @@ enum Scenario {
     All,
     /// Registry heartbeats and reads.
     Registry,
+    /// Many WebSocket subscribers held open, then one broadcast.
+    WsConnections,
 }
 
 /// What every scenario is given.
@@ -61,6 +71,8 @@ pub(crate) struct Settings {
     pub(crate) hub_bin: PathBuf,
     pub(crate) phase: Duration,
     pub(crate) repeat: usize,
+    pub(crate) connections: usize,
+    pub(crate) hold: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +82,10 @@ fn main() -> anyhow::Result<()> {
         hub_bin: args.hub_bin.clone(),
         phase: Duration::from_secs(args.seconds.unwrap_or(if args.smoke { 1 } else { 10 })),
         repeat: args.repeat.unwrap_or(if args.smoke { 1 } else { 3 }).max(1),
+        connections: args
+            .connections
+            .unwrap_or(if args.smoke { 200 } else { 100_000 }),
+        hold: Duration::from_secs(args.hold.unwrap_or(if args.smoke { 1 } else { 60 })),
     };
     anyhow::ensure!(
         settings.hub_bin.exists(),
@@ -84,6 +100,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         if matches!(args.scenario, Scenario::All | Scenario::Registry) {
             sections.push(scenarios::registry::run(&settings).await?);
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::WsConnections) {
+            sections.push(scenarios::ws_connections::run(&settings).await?);
         }
         anyhow::Ok(())
     })?;

@@ -1,3 +1,4 @@
 //! One module per scenario; each returns its report section.
 
 pub(crate) mod registry;
+pub(crate) mod ws_connections;

@@ -62,7 +62,7 @@ pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade)
     let cfg = state.config.clone();
     // Small buffers: a hub holds many idle connections, and tungstenite's
     // defaults (128 KiB each way) would dominate its memory.
-    ws.read_buffer_size(4 * 1024)
+    ws.read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(cfg.max_body_bytes * 2)
         .max_message_size(cfg.max_body_bytes)
