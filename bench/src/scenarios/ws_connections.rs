@@ -5,7 +5,8 @@
 //! hub's RSS per connection (RSS after subscribing minus RSS before, over
 //! N), the time for one event to reach every connection, and connections
 //! dropped during the hold. Connections come from several loopback source
-//! addresses (127.0.0.1, 127.0.0.2, …) so client ports cannot run out.
+//! addresses (127.0.0.1, 127.0.0.2, …, 1,000 each) so client ports cannot
+//! run out.
 //!
 //! The open-file limit bounds N: each connection is one descriptor in the
 //! hub and one here. Both processes raise their soft limit to the hard
@@ -27,8 +28,10 @@ use crate::Settings;
 use crate::hub::Hub;
 use crate::report::Section;
 
-/// Connections per loopback source address.
-const PER_SOURCE: usize = 20_000;
+/// Connections per loopback source address. Binding before connecting
+/// makes the kernel search for a free port per source address; keeping
+/// each address lightly used keeps that search short.
+const PER_SOURCE: usize = 1_000;
 /// Connects in flight at once (the listen backlog is finite).
 const CONNECTING: usize = 256;
 /// Descriptors kept free in each process for everything else.
@@ -50,7 +53,13 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
     let mut opening = Vec::with_capacity(n);
     for i in 0..n {
         let permit = gate.clone().acquire_owned().await?;
-        let source = Ipv4Addr::new(127, 0, 0, u8::try_from(1 + i / PER_SOURCE).unwrap_or(255));
+        let k = i / PER_SOURCE;
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            u8::try_from(k / 250).unwrap_or(255),
+            u8::try_from(1 + k % 250).unwrap_or(255),
+        );
         let (url, hub_addr) = (url.clone(), hub.addr);
         let (arrived, dropped, stop) = (arrived.clone(), dropped.clone(), stop_rx.clone());
         opening.push(tokio::spawn(async move {
@@ -140,6 +149,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 async fn open(source: Ipv4Addr, hub: SocketAddr, url: &str) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
+    // Ports still in TIME_WAIT from an earlier run may be bound again.
+    socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::from((source, 0)))?;
     let tcp = socket.connect(hub).await.context("connect")?;
     tcp.set_nodelay(true)?;

@@ -136,6 +136,30 @@ pub(crate) fn new_event(
     })
 }
 
+/// Published events to bus events, checked: every bad field of every
+/// event is named (`events[2].topic` in a batch), or none is returned.
+pub(crate) fn publish_batch(
+    given: Vec<wire::PublishEvent>,
+) -> Result<Vec<bus::NewEvent>, Vec<switchboard_core::FieldError>> {
+    let batch = given.len() > 1;
+    let mut errs = FieldErrors::new();
+    let mut events = Vec::with_capacity(given.len());
+    for (i, e) in given.into_iter().enumerate() {
+        let prefix = if batch {
+            format!("events[{i}].")
+        } else {
+            String::new()
+        };
+        if let Some(e) = new_event(e, &prefix, &mut errs) {
+            // Checked here too, so one answer names every bad field of
+            // every event, in order.
+            e.check(&prefix, &mut errs);
+            events.push(e);
+        }
+    }
+    errs.finish().map(|()| events)
+}
+
 /// An event in HTTP binary mode: attributes in `ce-*` headers, the body is
 /// the data.
 pub(crate) fn binary_event(

@@ -10,7 +10,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::Stream;
 use serde_json::{Map, Value};
 use switchboard_bus::{Bus, Filter, Pattern, ReadFrom, Start, SubscriptionSpec};
-use switchboard_core::{FieldError, FieldErrors};
+use switchboard_core::FieldError;
 use switchboard_wire::{EventPage, Problem, PublishAck, PublishEvent, Published};
 
 use crate::convert;
@@ -53,24 +53,7 @@ pub(crate) async fn publish(
         } else {
             vec![crate::extract::parse(&body)?]
         };
-        let batch = given.len() > 1;
-        let mut errs = FieldErrors::new();
-        let mut events = Vec::with_capacity(given.len());
-        for (i, e) in given.into_iter().enumerate() {
-            let prefix = if batch {
-                format!("events[{i}].")
-            } else {
-                String::new()
-            };
-            if let Some(e) = convert::new_event(e, &prefix, &mut errs) {
-                // Check here too, so one answer names every bad field of
-                // every event, in order.
-                e.check(&prefix, &mut errs);
-                events.push(e);
-            }
-        }
-        errs.finish().map_err(ApiError::validation)?;
-        events
+        convert::publish_batch(given).map_err(ApiError::validation)?
     } else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -116,6 +116,13 @@ fn text(v: &Value) -> Message {
     Message::Text(Utf8Bytes::from(v.to_string()))
 }
 
+fn field_errors(errors: &[switchboard_core::FieldError]) -> Value {
+    errors
+        .iter()
+        .map(|e| json!({"field": e.field, "reason": e.reason}))
+        .collect()
+}
+
 fn error_frame(reference: Option<&str>, code: &str, message: &str, errors: Value) -> Message {
     text(&json!({
         "op": "error",
@@ -331,33 +338,17 @@ impl Conn {
                 );
             }
         };
-        let batch = given.len() > 1;
-        let mut errs = FieldErrors::new();
-        let mut converted = Vec::with_capacity(given.len());
-        for (i, e) in given.into_iter().enumerate() {
-            let prefix = if batch {
-                format!("events[{i}].")
-            } else {
-                String::new()
-            };
-            if let Some(e) = convert::new_event(e, &prefix, &mut errs) {
-                e.check(&prefix, &mut errs);
-                converted.push(e);
+        let converted = match convert::publish_batch(given) {
+            Ok(events) => events,
+            Err(errors) => {
+                return error_frame(
+                    r,
+                    "VALIDATION_FAILED",
+                    "the events were refused; none was published",
+                    field_errors(&errors),
+                );
             }
-        }
-        if let Err(errors) = errs.finish() {
-            return error_frame(
-                r,
-                "VALIDATION_FAILED",
-                "the events were refused; none was published",
-                json!(
-                    errors
-                        .iter()
-                        .map(|e| json!({"field": e.field, "reason": e.reason}))
-                        .collect::<Vec<_>>()
-                ),
-            );
-        }
+        };
         match self.bus.publish(converted).await {
             Ok(stored) => text(&json!({
                 "op": "published",
