@@ -18,6 +18,7 @@ use clap::{Parser, ValueEnum};
 
 mod hub;
 mod load;
+mod peers;
 mod report;
 mod scenarios;
 
