@@ -103,6 +103,20 @@ impl TestHub {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `GET path`, answered with JSON (any status); panics with the path
+    /// when the request or the decoding fails, as a test should.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        resp.json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.data.as_ref().map_or(Path::new(""), DataDir::path)

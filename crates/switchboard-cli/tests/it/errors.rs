@@ -322,15 +322,7 @@ async fn bad_inputs_get_the_right_problem_and_change_nothing() {
         .await
         .expect("send");
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let before: Value = hub
-        .http
-        .get(hub.url("/api/v1/agents/known"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let before: Value = hub.get_json("/api/v1/agents/known").await;
 
     for case in cases() {
         let method = reqwest::Method::from_bytes(case.method.as_bytes()).expect("method");
@@ -389,15 +381,7 @@ async fn bad_inputs_get_the_right_problem_and_change_nothing() {
     }
 
     // Nothing changed: still one agent, exactly as before.
-    let page: Value = hub
-        .http
-        .get(hub.url("/api/v1/agents"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let page: Value = hub.get_json("/api/v1/agents").await;
     assert_eq!(page["total"], 1);
     assert_eq!(page["agents"][0], before);
 }

@@ -11,15 +11,7 @@ use crate::agent;
 const FAST: &str = "[registry]\nheartbeat_interval = \"100ms\"\nstale_after_missed = 5\noffline_after_missed = 10\nsweep_interval = \"20ms\"\n";
 
 async fn status(hub: &TestHub, id: &str) -> String {
-    let a: Value = hub
-        .http
-        .get(hub.url(&format!("/api/v1/agents/{id}")))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let a: Value = hub.get_json(&format!("/api/v1/agents/{id}")).await;
     a["status"].as_str().expect("status").to_owned()
 }
 
@@ -69,15 +61,7 @@ async fn silent_agent_goes_stale_then_offline_and_comes_back() {
         "a heartbeating agent stays live"
     );
 
-    let offline: Value = hub
-        .http
-        .get(hub.url("/api/v1/agents?status=offline"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let offline: Value = hub.get_json("/api/v1/agents?status=offline").await;
     assert_eq!(offline["total"], 1);
 
     let back: Value = hub

@@ -36,15 +36,7 @@ async fn document_validates_as_openapi_3_1() {
 #[tokio::test]
 async fn every_listed_route_exists() {
     let hub = TestHub::start().await.expect("hub");
-    let doc: Value = hub
-        .http
-        .get(hub.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let doc: Value = hub.get_json("/api/v1/openapi.json").await;
     let paths = doc["paths"].as_object().expect("paths");
     let mut checked = 0;
     for (path, item) in paths {
@@ -101,15 +93,7 @@ async fn document_matches_what_the_server_accepts() {
     // The registration schema lists exactly the fields the server takes and
     // refuses others, as the server does.
     let hub = TestHub::start().await.expect("hub");
-    let doc: Value = hub
-        .http
-        .get(hub.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let doc: Value = hub.get_json("/api/v1/openapi.json").await;
     let schema = &doc["components"]["schemas"]["RegisterAgentRequest"];
     let mut props: Vec<&str> = schema["properties"]
         .as_object()

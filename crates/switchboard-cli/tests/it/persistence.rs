@@ -18,37 +18,13 @@ async fn registry_survives_a_graceful_restart() {
             .await
             .expect("send");
     }
-    let before: Value = hub
-        .http
-        .get(hub.url("/api/v1/agents"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let before: Value = hub.get_json("/api/v1/agents").await;
     let data = hub.stop().await.expect("stop");
 
     let hub = TestHub::start_with(data, "").await.expect("restart");
-    let after: Value = hub
-        .http
-        .get(hub.url("/api/v1/agents"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let after: Value = hub.get_json("/api/v1/agents").await;
     assert_eq!(after, before);
-    let by_cap: Value = hub
-        .http
-        .get(hub.url("/api/v1/agents?capability=a"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let by_cap: Value = hub.get_json("/api/v1/agents?capability=a").await;
     assert_eq!(by_cap["total"], 2);
 }
 
@@ -73,15 +49,7 @@ async fn heartbeat_figures_are_written_at_shutdown() {
         .expect("json");
     let data = hub.stop().await.expect("stop");
     let hub = TestHub::start_with(data, "").await.expect("restart");
-    let a: Value = hub
-        .http
-        .get(hub.url("/api/v1/agents/beater"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let a: Value = hub.get_json("/api/v1/agents/beater").await;
     assert_eq!(a["current_tasks"], 4);
     assert_eq!(a["performance_metrics"]["cpu"], 9.5);
     assert_eq!(a["last_heartbeat_at"], ack["recorded_at"]);

@@ -57,15 +57,7 @@ async fn register_then_get_returns_every_field() {
         resp.headers()["location"].to_str().expect("ascii"),
         "/api/v1/agents/agent-001"
     );
-    let got: Value = hub
-        .http
-        .get(hub.url("/api/v1/agents/agent-001"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let got: Value = hub.get_json("/api/v1/agents/agent-001").await;
     assert_eq!(got["type"], "code_generation");
     assert_eq!(got["name"], "Agent agent-001");
     assert_eq!(got["version"], "1.0.0");
@@ -114,14 +106,7 @@ async fn re_registering_updates_in_place() {
 }
 
 async fn get(hub: &TestHub, id: &str) -> Value {
-    hub.http
-        .get(hub.url(&format!("/api/v1/agents/{id}")))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json")
+    hub.get_json(&format!("/api/v1/agents/{id}")).await
 }
 
 #[tokio::test]

@@ -82,15 +82,7 @@ async fn json_metrics_have_the_seed_shape() {
         .send()
         .await
         .expect("send");
-    let m: Value = hub
-        .http
-        .get(hub.url("/api/v1/metrics"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let m: Value = hub.get_json("/api/v1/metrics").await;
     assert_eq!(m["system_metrics"]["active_agents"], 1);
     assert_eq!(m["system_metrics"]["agents_by_status"]["active"], 1);
     assert!(m["system_metrics"]["requests_total"].as_u64().expect("n") >= 2);

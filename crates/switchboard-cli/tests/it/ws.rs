@@ -152,15 +152,7 @@ async fn bad_frames_get_error_frames_and_the_connection_survives() {
     send(&mut ws, json!({"op": "ping"})).await;
     assert_eq!(recv(&mut ws).await, json!({"op": "pong"}));
     // Nothing refused was published.
-    let page: Value = hub
-        .http
-        .get(hub.url("/api/v1/events"))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let page: Value = hub.get_json("/api/v1/events").await;
     assert_eq!(page["events"], json!([]));
 }
 
