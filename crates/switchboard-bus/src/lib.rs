@@ -51,12 +51,16 @@ pub struct BusConfig {
     /// Events buffered per live subscription before it is switched to
     /// catching up from the log.
     pub subscriber_buffer: usize,
+    /// A publish that repeats an event's (source, id) within this window
+    /// is acknowledged with the first one's offset and not stored again.
+    pub dedup_window: Duration,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
         Self {
             subscriber_buffer: 1024,
+            dedup_window: Duration::from_secs(120),
         }
     }
 }
@@ -129,6 +133,8 @@ impl Bus {
     }
 
     /// Checks and appends events, in order; resolves once they are durable.
+    /// A repeat of an event published within `dedup_window` (same source
+    /// and id) is answered with the first one and not stored again.
     pub async fn publish(&self, mut events: Vec<NewEvent>) -> Result<Vec<Event>, BusError> {
         let mut errs = FieldErrors::new();
         if events.is_empty() {
@@ -154,7 +160,8 @@ impl Bus {
         for e in &mut events {
             e.time.get_or_insert(now);
         }
-        Ok(self.log().append(events).await?)
+        let window = i64::try_from(self.shared.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        Ok(self.log().append(events, window).await?)
     }
 
     /// Events matching any of `patterns` (all, when empty) and `filter`,

@@ -19,8 +19,15 @@ pub enum ReadFrom {
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Appends events in order; resolves once they are durable, with their
-    /// offsets. Every event's `time` is set.
-    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StorageError>;
+    /// offsets. Every event's `time` is set. An event whose (source, id)
+    /// was appended within the last `dedup_window_ms` (or earlier in the
+    /// same call) is not appended again: its place in the answer holds the
+    /// event first stored.
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        dedup_window_ms: i64,
+    ) -> Result<Vec<Event>, StorageError>;
 
     /// Up to `limit` events from `from`, in offset order.
     async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError>;

@@ -93,6 +93,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileBus {
     subscriber_buffer: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    dedup_window: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +230,9 @@ impl Config {
                 ));
             }
             c.bus.subscriber_buffer = n;
+        }
+        if let Some(d) = f.bus.dedup_window {
+            c.bus.dedup_window = d;
         }
         if let Some(s) = f.store.synchronous {
             match s.parse() {

@@ -598,3 +598,44 @@ async fn the_registry_publishes_its_changes() {
         ]
     );
 }
+
+#[tokio::test]
+async fn repeated_event_ids_are_acknowledged_but_stored_once() {
+    let hub = TestHub::start_with(
+        DataDir::temp().expect("tmp"),
+        "[bus]\ndedup_window = \"300ms\"\n",
+    )
+    .await
+    .expect("hub");
+    let event =
+        json!({"id": "dup-1", "source": "/agents/a", "topic": "orders.created", "data": {"n": 1}});
+    let (s, first) = publish(&hub, event.clone()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let offset = first["events"][0]["offset"].as_u64().expect("offset");
+    // A retry of the same event, alone and inside a batch (twice): every
+    // answer carries the first offset.
+    let (s, again) = publish(&hub, event.clone()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(again["events"][0]["offset"], offset);
+    let other_source = json!({"id": "dup-1", "source": "/agents/b", "topic": "orders.created"});
+    let (_, batch) = publish(&hub, json!([event, other_source, event])).await;
+    let offsets: Vec<u64> = batch["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets[0], offset);
+    assert_eq!(offsets[2], offset);
+    assert!(
+        offsets[1] > offset,
+        "same id from another source is another event"
+    );
+    assert_eq!(topics(&read(&hub, "").await).len(), 2);
+
+    // Once the window has passed, the same id is a new event.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, later) = publish(&hub, event).await;
+    assert!(later["events"][0]["offset"].as_u64().expect("offset") > offsets[1]);
+    assert_eq!(topics(&read(&hub, "").await).len(), 3);
+}

@@ -21,12 +21,21 @@ const COLUMNS: &str =
 
 #[async_trait]
 impl EventLog for SqliteStore {
-    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StorageError> {
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        dedup_window_ms: i64,
+    ) -> Result<Vec<Event>, StorageError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         // Group committed with every other append waiting.
-        self.appends.write(events).await
+        self.appends
+            .write(AppendItem {
+                events,
+                dedup_window_ms,
+            })
+            .await
     }
 
     async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError> {
@@ -56,15 +65,23 @@ impl EventLog for SqliteStore {
     }
 }
 
+/// Events to append, and how far back to look for duplicates.
+pub(crate) struct AppendItem {
+    events: Vec<NewEvent>,
+    dedup_window_ms: i64,
+}
+
 /// Appends batches of events: multi-row INSERTs in one transaction, then
-/// moves the head once committed.
+/// moves the head once committed. Duplicates (same source and id within
+/// the window, or earlier in the batch) are answered with the event first
+/// stored instead of being inserted.
 pub(crate) struct AppendWrite {
     pub(crate) clock: Clock,
     pub(crate) head: watch::Sender<u64>,
 }
 
 impl BatchWrite for AppendWrite {
-    type Item = Vec<NewEvent>;
+    type Item = AppendItem;
     type Output = Vec<Event>;
 
     async fn write(
@@ -73,29 +90,77 @@ impl BatchWrite for AppendWrite {
         items: &[Self::Item],
     ) -> Result<Vec<Vec<Event>>, StorageError> {
         let now = self.clock.now_ms();
-        let all: Vec<&NewEvent> = items.iter().flatten().collect();
-        let mut seqs = insert_events(conn, &all, now).await?.into_iter();
-        Ok(items
+        // Earlier copies of the batch's events, found with one query.
+        let keys: Vec<Value> = items
             .iter()
-            .map(|batch| {
-                batch
+            .flat_map(|it| {
+                let since = now.saturating_sub(it.dedup_window_ms);
+                it.events
                     .iter()
-                    .zip(seqs.by_ref())
-                    .map(|(e, seq)| Event {
-                        offset: seq,
-                        id: e.id.clone(),
-                        source: e.source.clone(),
-                        event_type: e.event_type.clone(),
-                        topic: e.topic.clone(),
-                        subject: e.subject.clone(),
-                        time: e.time.unwrap_or(now),
-                        datacontenttype: e.datacontenttype.clone(),
-                        data: e.data.clone(),
-                        extensions: e.extensions.clone(),
+                    .map(move |e| serde_json::json!({"s": e.source, "i": e.id, "t": since}))
+            })
+            .collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM events e JOIN json_each(?1) j \
+             ON e.source = j.value ->> 's' AND e.id = j.value ->> 'i' \
+             WHERE e.appended_at >= j.value ->> 't' ORDER BY e.seq",
+            COLUMNS
+                .split(", ")
+                .map(|c| format!("e.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(Value::Array(keys).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| storage_error("look for duplicate events", e))?;
+        let mut seen: std::collections::HashMap<(String, String), Event> =
+            std::collections::HashMap::new();
+        for row in &rows {
+            let e = decode(row)?;
+            seen.entry((e.source.clone(), e.id.clone())).or_insert(e);
+        }
+        // Which events are new, first occurrence only.
+        let mut fresh: Vec<&NewEvent> = Vec::new();
+        let mut batch_keys: std::collections::HashSet<(&str, &str)> =
+            std::collections::HashSet::new();
+        for e in items.iter().flat_map(|it| &it.events) {
+            let key = (e.source.as_str(), e.id.as_str());
+            if !seen.contains_key(&(e.source.clone(), e.id.clone())) && batch_keys.insert(key) {
+                fresh.push(e);
+            }
+        }
+        let seqs = insert_events(conn, &fresh, now).await?;
+        for (e, seq) in fresh.iter().zip(seqs) {
+            seen.insert(
+                (e.source.clone(), e.id.clone()),
+                Event {
+                    offset: seq,
+                    id: e.id.clone(),
+                    source: e.source.clone(),
+                    event_type: e.event_type.clone(),
+                    topic: e.topic.clone(),
+                    subject: e.subject.clone(),
+                    time: e.time.unwrap_or(now),
+                    datacontenttype: e.datacontenttype.clone(),
+                    data: e.data.clone(),
+                    extensions: e.extensions.clone(),
+                },
+            );
+        }
+        items
+            .iter()
+            .map(|it| {
+                it.events
+                    .iter()
+                    .map(|e| {
+                        seen.get(&(e.source.clone(), e.id.clone()))
+                            .cloned()
+                            .ok_or_else(|| corrupt("append events", "an event lost its place"))
                     })
                     .collect()
             })
-            .collect())
+            .collect()
     }
 
     fn committed(&self, outputs: &[Vec<Event>]) {
