@@ -262,3 +262,52 @@ pub(crate) fn cloud_event(e: bus::Event) -> wire::CloudEvent {
         extensions: e.extensions,
     }
 }
+
+/// A consumer group's state to its wire form.
+pub(crate) fn group(g: bus::groups::GroupInfo) -> wire::Group {
+    let s = g.spec;
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    wire::Group {
+        name: s.name,
+        topics: s.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+        filter: s.filter,
+        ack_wait_ms: ms(s.ack_wait),
+        max_deliveries: s.max_deliveries,
+        backoff: wire::BackoffPolicy {
+            kind: s.backoff.kind.as_str().to_owned(),
+            initial_ms: ms(s.backoff.initial),
+            max_ms: ms(s.backoff.max),
+            jitter: s.backoff.jitter,
+        },
+        max_pending: s.max_pending,
+        created_at: time(g.created_at),
+        cursor: g.cursor,
+        pending: g.pending,
+        in_flight: g.in_flight,
+        consumers: g.consumers,
+        dead_letters: g.dead_letters,
+    }
+}
+
+/// A delivery to its wire form.
+pub(crate) fn delivery(d: bus::groups::Delivery) -> wire::Delivery {
+    wire::Delivery {
+        group: d.group.to_string(),
+        offset: d.offset,
+        attempt: d.attempt,
+        deadline: time(d.deadline),
+        event: cloud_event((*d.event).clone()),
+    }
+}
+
+/// A dead letter to its wire form.
+pub(crate) fn dead_letter(d: bus::groups::DeadLetter) -> wire::DeadLetter {
+    wire::DeadLetter {
+        group: d.group,
+        offset: d.offset,
+        attempts: d.attempts,
+        last_error: d.last_error,
+        dead_at: time(d.dead_at),
+        event: cloud_event(d.event),
+    }
+}

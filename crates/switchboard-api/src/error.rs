@@ -188,6 +188,9 @@ impl From<switchboard_bus::BusError> for ApiError {
             )
             .with_retry_after(1),
             BusError::Storage(s) => Self::internal(s.to_string()),
+            BusError::NotFound { code, message } => Self::new(StatusCode::NOT_FOUND, code, message),
+            BusError::Conflict(why) => Self::new(StatusCode::CONFLICT, "CONFLICT", why),
+            BusError::NotPending(why) => Self::new(StatusCode::CONFLICT, "NOT_PENDING", why),
             BusError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SHUTTING_DOWN",

@@ -34,7 +34,7 @@ pub use context::CORRELATION_ID;
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks};
 
-use routes::{agents, events, system, ws};
+use routes::{agents, events, groups, system, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,6 +46,7 @@ use routes::{agents, events, system, ws};
     tags(
         (name = "agents", description = "The agent registry"),
         (name = "events", description = "The event bus: publish, read the log, stream"),
+        (name = "groups", description = "Consumer groups: durable subscriptions, acknowledgements, dead letters"),
         (name = "system", description = "Health, readiness, metrics, this document"),
     ),
     components(schemas(switchboard_wire::Problem))
@@ -65,6 +66,19 @@ fn route_table() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::heartbeat))
         .routes(routes!(events::publish, events::read))
         .routes(routes!(events::stream))
+        .routes(routes!(groups::list_groups))
+        .routes(routes!(
+            groups::create_group,
+            groups::get_group,
+            groups::delete_group
+        ))
+        .routes(routes!(groups::pull))
+        .routes(routes!(groups::ack))
+        .routes(routes!(groups::nack))
+        .routes(routes!(groups::list_dead_letters))
+        .routes(routes!(groups::get_dead_letter))
+        .routes(routes!(groups::replay_dead_letters))
+        .routes(routes!(groups::purge_dead_letters))
         .routes(routes!(ws::upgrade))
 }
 

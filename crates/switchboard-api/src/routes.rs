@@ -2,5 +2,6 @@
 
 pub(crate) mod agents;
 pub(crate) mod events;
+pub(crate) mod groups;
 pub(crate) mod system;
 pub(crate) mod ws;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use switchboard_bus::Bus;
+use switchboard_bus::groups::Groups;
 use switchboard_core::Readiness;
 use switchboard_registry::Registry;
 use switchboard_telemetry::Metrics;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub registry: Registry,
     /// The event bus.
     pub bus: Bus,
+    /// The consumer groups.
+    pub groups: Groups,
     /// The metrics.
     pub metrics: Metrics,
     /// Readiness checks.

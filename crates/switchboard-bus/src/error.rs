@@ -11,6 +11,21 @@ pub enum BusError {
     /// The log failed.
     #[error("event log: {0}")]
     Storage(#[from] StorageError),
+    /// The named thing does not exist; `code` names what
+    /// (`GROUP_NOT_FOUND`).
+    #[error("not found: {message}")]
+    NotFound {
+        /// What was not found, as an error code.
+        code: &'static str,
+        /// Which one.
+        message: String,
+    },
+    /// The request contradicts what exists.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// An acknowledgement for an event that is not pending.
+    #[error("not pending: {0}")]
+    NotPending(String),
     /// The bus is shutting down.
     #[error("the bus is shutting down")]
     Closed,

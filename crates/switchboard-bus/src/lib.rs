@@ -8,6 +8,8 @@
 //! - [`filter`]: payload [`Filter`]s.
 //! - [`log`]: the [`EventLog`] trait storage backends implement.
 //! - `subscription`: [`Subscription`], one subscriber's stream of events.
+//! - [`groups`]: consumer groups: durable named subscriptions with acks,
+//!   redelivery, dead letters, competing consumers and ordering by key.
 //!
 //! The log is the source of truth. Publishing appends and answers once the
 //! events are durable; the [`Dispatcher`] tails the log (woken by its head)
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 mod error;
 pub mod event;
 pub mod filter;
+pub mod groups;
 pub mod log;
 mod subscription;
 pub mod topic;

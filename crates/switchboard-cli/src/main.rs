@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod agents;
 mod events;
+mod groups;
 mod output;
 mod serve;
 
@@ -54,6 +55,12 @@ enum Command {
     /// Read the event log.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Create, list and delete consumer groups (durable subscriptions).
+    #[command(subcommand)]
+    Groups(groups::GroupsCommand),
+    /// Inspect, replay and purge a consumer group's dead letters.
+    #[command(subcommand)]
+    Dlq(groups::DlqCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +82,8 @@ fn main() -> ExitCode {
             Command::Publish(args) => events::publish(&cli.hub, cli.json, args).await,
             Command::Subscribe(args) => events::subscribe(&cli.hub, cli.json, args).await,
             Command::Events(cmd) => events::run(&cli.hub, cli.json, cmd).await,
+            Command::Groups(cmd) => groups::run(&cli.hub, cli.json, cmd).await,
+            Command::Dlq(cmd) => groups::dlq(&cli.hub, cli.json, cmd).await,
         }
     });
     match result {

@@ -15,8 +15,10 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_wire::{
-    Agent, AgentList, CloudEvent, EventPage, Health, HeartbeatAck, HeartbeatRequest, MetricsReport,
-    Problem, PublishAck, PublishEvent, RegisterAgentRequest,
+    Agent, AgentList, CloudEvent, CreateGroupRequest, DeadLetter, DeadLetterCount, DeadLetterPage,
+    EventPage, Group, GroupList, Health, HeartbeatAck, HeartbeatRequest, MetricsReport, Problem,
+    PublishAck, PublishEvent, PullRequest, PullResponse, RegisterAgentRequest, ReplayRequest,
+    SettleRequest, SettleResponse,
 };
 use url::Url;
 
@@ -257,6 +259,128 @@ impl Client {
         self.send::<(), serde_json::Value>(Method::DELETE, &path, &[], None)
             .await?;
         Ok(())
+    }
+
+    /// Creates a consumer group (or finds it with the same settings);
+    /// `true` when it is new.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        req: &CreateGroupRequest,
+    ) -> Result<(Group, bool), ClientError> {
+        let path = format!("api/v1/groups/{}", encode(name));
+        let (status, group) = self.send(Method::PUT, &path, &[], Some(req)).await?;
+        Ok((group, status == StatusCode::CREATED))
+    }
+
+    /// Every consumer group.
+    pub async fn list_groups(&self) -> Result<GroupList, ClientError> {
+        Ok(self
+            .send::<(), _>(Method::GET, "api/v1/groups", &[], None)
+            .await?
+            .1)
+    }
+
+    /// One consumer group.
+    pub async fn get_group(&self, name: &str) -> Result<Group, ClientError> {
+        let path = format!("api/v1/groups/{}", encode(name));
+        Ok(self.send::<(), _>(Method::GET, &path, &[], None).await?.1)
+    }
+
+    /// Deletes a consumer group.
+    pub async fn delete_group(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("api/v1/groups/{}", encode(name));
+        self.send::<(), serde_json::Value>(Method::DELETE, &path, &[], None)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes up to `max` deliveries, waiting up to `wait` for the first.
+    pub async fn pull(
+        &self,
+        group: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<PullResponse, ClientError> {
+        let path = format!("api/v1/groups/{}/pull", encode(group));
+        let body = PullRequest {
+            max: Some(max),
+            wait_ms: Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+        };
+        Ok(self.send(Method::POST, &path, &[], Some(&body)).await?.1)
+    }
+
+    /// Acknowledges deliveries by offset.
+    pub async fn ack(&self, group: &str, offsets: &[u64]) -> Result<SettleResponse, ClientError> {
+        let path = format!("api/v1/groups/{}/ack", encode(group));
+        let body = SettleRequest {
+            offsets: offsets.to_vec(),
+            ..Default::default()
+        };
+        Ok(self.send(Method::POST, &path, &[], Some(&body)).await?.1)
+    }
+
+    /// Refuses deliveries: they are delivered again after the backoff or
+    /// `delay`, or dead-lettered.
+    pub async fn nack(
+        &self,
+        group: &str,
+        offsets: &[u64],
+        error: Option<&str>,
+        delay: Option<Duration>,
+    ) -> Result<SettleResponse, ClientError> {
+        let path = format!("api/v1/groups/{}/nack", encode(group));
+        let body = SettleRequest {
+            offsets: offsets.to_vec(),
+            error: error.map(str::to_owned),
+            delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        Ok(self.send(Method::POST, &path, &[], Some(&body)).await?.1)
+    }
+
+    /// A page of a group's dead letters after `after`.
+    pub async fn dead_letters(
+        &self,
+        group: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<DeadLetterPage, ClientError> {
+        let path = format!("api/v1/groups/{}/dead-letters", encode(group));
+        let q = [("after", after.to_string()), ("limit", limit.to_string())];
+        Ok(self.send::<(), _>(Method::GET, &path, &q, None).await?.1)
+    }
+
+    /// One dead letter.
+    pub async fn dead_letter(&self, group: &str, offset: u64) -> Result<DeadLetter, ClientError> {
+        let path = format!("api/v1/groups/{}/dead-letters/{offset}", encode(group));
+        Ok(self.send::<(), _>(Method::GET, &path, &[], None).await?.1)
+    }
+
+    /// Replays dead letters (those at `offsets`, or all) into the group;
+    /// how many.
+    pub async fn replay_dead_letters(
+        &self,
+        group: &str,
+        offsets: Option<Vec<u64>>,
+    ) -> Result<u64, ClientError> {
+        let path = format!("api/v1/groups/{}/dead-letters/replay", encode(group));
+        let (_, n): (_, DeadLetterCount) = self
+            .send(Method::POST, &path, &[], Some(&ReplayRequest { offsets }))
+            .await?;
+        Ok(n.count)
+    }
+
+    /// Purges dead letters (those at `offsets`, or all); how many.
+    pub async fn purge_dead_letters(
+        &self,
+        group: &str,
+        offsets: Option<Vec<u64>>,
+    ) -> Result<u64, ClientError> {
+        let path = format!("api/v1/groups/{}/dead-letters/purge", encode(group));
+        let (_, n): (_, DeadLetterCount) = self
+            .send(Method::POST, &path, &[], Some(&ReplayRequest { offsets }))
+            .await?;
+        Ok(n.count)
     }
 
     /// `GET /healthz`.

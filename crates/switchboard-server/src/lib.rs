@@ -16,6 +16,7 @@ use std::sync::Arc;
 use axum::serve::ListenerExt;
 use switchboard_api::{AppState, Checks};
 use switchboard_bus::Bus;
+use switchboard_bus::groups::Groups;
 use switchboard_core::{Clock, FieldError, StorageError};
 use switchboard_registry::Registry;
 use switchboard_store::SqliteStore;
@@ -64,10 +65,20 @@ impl Hub {
         .await
         .map_err(|e| ServerError::Registry(e.to_string()))?;
         let bus = Bus::new(Arc::new(store.clone()), config.bus.clone(), Clock::system());
+        let shutdown = CancellationToken::new();
+        let groups = Groups::open(
+            bus.clone(),
+            Arc::new(store.clone()),
+            Clock::system(),
+            shutdown.child_token(),
+        )
+        .await
+        .map_err(|e| ServerError::Registry(format!("consumer groups: {e}")))?;
         let state = AppState {
-            shutdown: CancellationToken::new(),
+            shutdown,
             registry,
             bus,
+            groups,
             metrics: Metrics::new(),
             checks: Checks::new(vec![Arc::new(store.clone())]),
             config: config.http.clone(),
@@ -126,6 +137,10 @@ impl Hub {
         };
         token.cancel();
         tracker.close();
+        {
+            let groups = self.state.groups.clone();
+            tracker.spawn(async move { groups.closed().await });
+        }
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(
                 ?grace,

@@ -22,10 +22,12 @@ use crate::storage_error;
 mod agents;
 mod batch;
 mod events;
+mod groups;
 
 use agents::LivenessWrite;
 use batch::Batcher;
 use events::AppendWrite;
+use groups::GroupWrite;
 
 /// The name of the database file under the data directory.
 pub const DB_FILE: &str = "switchboard.db";
@@ -87,6 +89,8 @@ pub struct SqliteStore {
     liveness: Batcher<LivenessWrite>,
     /// Group commit of event appends.
     appends: Batcher<AppendWrite>,
+    /// Group commit of consumer-group changes.
+    group_writes: Batcher<GroupWrite>,
     /// The last durable event's sequence number.
     head: watch::Sender<u64>,
     reader: SqlitePool,
@@ -195,6 +199,7 @@ impl SqliteStore {
                     head: head.clone(),
                 },
             ),
+            group_writes: Batcher::start(writer.clone(), GroupWrite),
             head,
             writer,
             reader,

@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`agents`]: registration, heartbeat and listing bodies.
 //! - [`events`]: CloudEvents as published and as read from the log.
+//! - [`groups`]: consumer groups, deliveries, acknowledgements, dead letters.
 //! - [`problem`]: the `application/problem+json` error body.
 //! - [`system`]: health, readiness and the JSON metrics.
 //!
@@ -13,10 +14,12 @@
 
 pub mod agents;
 pub mod events;
+pub mod groups;
 pub mod problem;
 pub mod system;
 
 pub use agents::*;
 pub use events::*;
+pub use groups::*;
 pub use problem::*;
 pub use system::*;

@@ -11,6 +11,20 @@
 //! - `publish`: `{"op": "publish", "ref": "r1", "event": {…}}` or
 //!   `"events": [...]` → `{"op": "published", "ref": "r1", "events":
 //!   [{"id", "topic", "offset"}]}` once durable.
+//! - `consume`: `{"op": "consume", "id": "c1", "group": "billing",
+//!   "max_in_flight": 16, "priority": 0}` attaches this connection to a
+//!   consumer group (`PUT /api/v1/groups/{name}`) → `{"op": "consuming",
+//!   "id": "c1"}`, then `{"op": "delivery", "sub": "c1", "group": "billing",
+//!   "offset": 42, "attempt": 1, "deadline": "…Z", "event": {CloudEvent}}`,
+//!   never more than `max_in_flight` unacknowledged. Consumers with a higher
+//!   `priority` are served first. `unsubscribe` detaches; what the consumer
+//!   held unacknowledged then counts as a failed delivery.
+//! - `ack`: `{"op": "ack", "group": "billing", "offset": 42}` (or
+//!   `"offsets": [..]`); silent when done. `nack` takes the same plus
+//!   `"error"` and `"delay_ms"`: the event is delivered again after the
+//!   group's backoff (or the delay), or dead-lettered after
+//!   `max_deliveries`. `in_progress` restarts the ack deadline. An offset
+//!   that is not pending is answered with an error frame `NOT_PENDING`.
 //! - `ping` → `pong`.
 //!
 //! Anything wrong with a frame (not JSON, unknown `op`, bad fields) is
@@ -29,7 +43,8 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use switchboard_bus::{Bus, Filter, Pattern, Start, SubscriptionSpec};
+use switchboard_bus::groups::{ConsumerSpec, Groups, Outcome};
+use switchboard_bus::{Bus, BusError, Filter, Pattern, Start, SubscriptionSpec};
 use switchboard_core::FieldErrors;
 use switchboard_wire::PublishEvent;
 use tokio::sync::mpsc;
@@ -67,7 +82,7 @@ pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade)
         .max_write_buffer_size(cfg.max_body_bytes * 2)
         .max_message_size(cfg.max_body_bytes)
         .max_frame_size(cfg.max_body_bytes)
-        .on_upgrade(move |socket| connection(socket, state.bus, cfg, state.shutdown))
+        .on_upgrade(move |socket| connection(socket, state.bus, state.groups, cfg, state.shutdown))
 }
 
 #[derive(Deserialize)]
@@ -95,11 +110,42 @@ enum Request {
         #[serde(default)]
         events: Option<Vec<PublishEvent>>,
     },
+    Consume {
+        id: String,
+        group: String,
+        #[serde(default)]
+        max_in_flight: Option<u32>,
+        #[serde(default)]
+        priority: Option<i32>,
+    },
+    Ack {
+        group: String,
+        #[serde(default)]
+        offset: Option<u64>,
+        #[serde(default)]
+        offsets: Option<Vec<u64>>,
+    },
+    Nack {
+        group: String,
+        #[serde(default)]
+        offset: Option<u64>,
+        #[serde(default)]
+        offsets: Option<Vec<u64>>,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        delay_ms: Option<u64>,
+    },
+    InProgress {
+        group: String,
+        offset: u64,
+    },
     Ping,
 }
 
 struct Conn {
     bus: Bus,
+    groups: Groups,
     out: mpsc::Sender<Message>,
     subs: HashMap<String, JoinHandle<()>>,
 }
@@ -133,11 +179,18 @@ fn error_frame(reference: Option<&str>, code: &str, message: &str, errors: Value
     }))
 }
 
-async fn connection(socket: WebSocket, bus: Bus, cfg: ApiConfig, shutdown: CancellationToken) {
+async fn connection(
+    socket: WebSocket,
+    bus: Bus,
+    groups: Groups,
+    cfg: ApiConfig,
+    shutdown: CancellationToken,
+) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbound) = mpsc::channel::<Message>(OUTBOUND);
     let mut conn = Conn {
         bus,
+        groups,
         out,
         subs: HashMap::new(),
     };
@@ -156,8 +209,9 @@ async fn connection(socket: WebSocket, bus: Bus, cfg: ApiConfig, shutdown: Cance
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(t))) => {
-                        let reply = conn.handle(t.as_str()).await;
-                        if sink.send(reply).await.is_err() {
+                        if let Some(reply) = conn.handle(t.as_str()).await
+                            && sink.send(reply).await.is_err()
+                        {
                             break;
                         }
                     }
@@ -200,7 +254,7 @@ async fn connection(socket: WebSocket, bus: Bus, cfg: ApiConfig, shutdown: Cance
 }
 
 impl Conn {
-    async fn handle(&mut self, frame: &str) -> Message {
+    async fn handle(&mut self, frame: &str) -> Option<Message> {
         let req: Request = match serde_json::from_str(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -209,10 +263,10 @@ impl Conn {
                 } else {
                     "MALFORMED_JSON"
                 };
-                return error_frame(None, code, &format!("{e}"), Value::Null);
+                return Some(error_frame(None, code, &format!("{e}"), Value::Null));
             }
         };
-        match req {
+        let reply = match req {
             Request::Ping => text(&json!({"op": "pong"})),
             Request::Subscribe {
                 id,
@@ -238,7 +292,166 @@ impl Conn {
                 event,
                 events,
             } => self.publish(reference, event, events).await,
+            Request::Consume {
+                id,
+                group,
+                max_in_flight,
+                priority,
+            } => self.consume(id, group, max_in_flight, priority).await,
+            Request::Ack {
+                group,
+                offset,
+                offsets,
+            } => return self.settle(&group, offset, offsets, |_| Outcome::Ack).await,
+            Request::Nack {
+                group,
+                offset,
+                offsets,
+                error,
+                delay_ms,
+            } => {
+                let error = error.unwrap_or_else(|| "refused by the consumer".to_owned());
+                return self
+                    .settle(&group, offset, offsets, |_| Outcome::Nack {
+                        error: error.clone(),
+                        delay: delay_ms.map(std::time::Duration::from_millis),
+                    })
+                    .await;
+            }
+            Request::InProgress { group, offset } => {
+                return self
+                    .settle(&group, Some(offset), None, |_| Outcome::InProgress)
+                    .await;
+            }
+        };
+        Some(reply)
+    }
+
+    async fn consume(
+        &mut self,
+        id: String,
+        group: String,
+        max_in_flight: Option<u32>,
+        priority: Option<i32>,
+    ) -> Message {
+        let mut errs = FieldErrors::new();
+        if id.is_empty() || id.len() > 128 {
+            errs.push("id", "must be 1 to 128 characters");
+        } else if self.subs.contains_key(&id) {
+            errs.push("id", "is already a subscription on this connection");
         }
+        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+            errs.push(
+                "id",
+                format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+            );
+        }
+        if let Err(errors) = errs.finish() {
+            return error_frame(
+                Some(&id),
+                "VALIDATION_FAILED",
+                "the consumer was refused",
+                field_errors(&errors),
+            );
+        }
+        let defaults = ConsumerSpec::default();
+        let spec = ConsumerSpec {
+            priority: priority.unwrap_or(defaults.priority),
+            max_in_flight: max_in_flight.unwrap_or(defaults.max_in_flight),
+        };
+        let mut consumer = match self.groups.consume(&group, spec).await {
+            Ok(c) => c,
+            Err(BusError::Invalid(errors)) => {
+                return error_frame(
+                    Some(&id),
+                    "VALIDATION_FAILED",
+                    "the consumer was refused",
+                    field_errors(&errors),
+                );
+            }
+            Err(BusError::NotFound { code, message }) => {
+                return error_frame(Some(&id), code, &message, Value::Null);
+            }
+            Err(_) => {
+                return error_frame(
+                    Some(&id),
+                    "UNAVAILABLE",
+                    "the group cannot take consumers now; try again",
+                    Value::Null,
+                );
+            }
+        };
+        let out = self.out.clone();
+        let sub_id = id.clone();
+        let task = tokio::spawn(async move {
+            while let Some(d) = consumer.next().await {
+                let frame = json!({
+                    "op": "delivery",
+                    "sub": sub_id,
+                    "group": &*d.group,
+                    "offset": d.offset,
+                    "attempt": d.attempt,
+                    "deadline": convert::time(d.deadline),
+                    "event": convert::cloud_event((*d.event).clone()),
+                });
+                if out.send(text(&frame)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.subs.insert(id.clone(), task);
+        text(&json!({"op": "consuming", "id": id, "group": group}))
+    }
+
+    /// Settles each offset; silent unless something was refused.
+    async fn settle(
+        &mut self,
+        group: &str,
+        offset: Option<u64>,
+        offsets: Option<Vec<u64>>,
+        outcome: impl Fn(u64) -> Outcome,
+    ) -> Option<Message> {
+        let list = match (offset, offsets) {
+            (Some(o), None) => vec![o],
+            (None, Some(l)) if !l.is_empty() && l.len() <= 1000 => l,
+            _ => {
+                return Some(error_frame(
+                    None,
+                    "VALIDATION_FAILED",
+                    "give offset or offsets (1 to 1000)",
+                    json!([{"field": "offset", "reason": "give offset or offsets (1 to 1000), not both or neither"}]),
+                ));
+            }
+        };
+        let mut refused = Vec::new();
+        for o in list {
+            match self.groups.settle(group, o, outcome(o)).await {
+                Ok(()) => {}
+                Err(BusError::NotPending(_)) => refused.push(o),
+                Err(BusError::NotFound { code, message }) => {
+                    return Some(error_frame(None, code, &message, Value::Null));
+                }
+                Err(_) => {
+                    return Some(error_frame(
+                        None,
+                        "UNAVAILABLE",
+                        "the group cannot settle now; try again",
+                        Value::Null,
+                    ));
+                }
+            }
+        }
+        if refused.is_empty() {
+            return None;
+        }
+        Some(text(&json!({
+            "op": "error",
+            "ref": null,
+            "code": "NOT_PENDING",
+            "message": "these offsets are not pending in the group (acknowledged, dead-lettered, past their deadline, or never delivered)",
+            "group": group,
+            "offsets": refused,
+        })))
     }
 
     fn subscribe(

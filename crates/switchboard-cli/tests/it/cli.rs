@@ -160,3 +160,115 @@ async fn bad_config_exits_64() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("listen"), "{err}");
 }
+
+#[tokio::test]
+async fn groups_and_dead_letters_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let url = hub.url("");
+    let o = cli(
+        &url,
+        &[
+            "groups",
+            "create",
+            "payments",
+            "--topic",
+            "pay.>",
+            "--max-deliveries",
+            "1",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "created: group payments on pay.>");
+
+    // Two events fail their one delivery and are dead-lettered.
+    let client = switchboard_client::Client::new(&url).expect("client");
+    for n in 0..2 {
+        let o = cli(
+            &url,
+            &[
+                "publish",
+                "pay.charge",
+                "--data",
+                &format!("{{\"n\": {n}}}"),
+            ],
+        )
+        .await;
+        assert!(o.status.success(), "{o:?}");
+    }
+    let mut failed = Vec::new();
+    while failed.len() < 2 {
+        let got = client
+            .pull("payments", 2, std::time::Duration::from_secs(5))
+            .await
+            .expect("pull");
+        assert!(!got.deliveries.is_empty(), "deliveries expected");
+        let offsets: Vec<u64> = got.deliveries.iter().map(|d| d.offset).collect();
+        client
+            .nack("payments", &offsets, Some("card declined"), None)
+            .await
+            .expect("nack");
+        failed.extend(offsets);
+    }
+    switchboard_test::eventually(
+        std::time::Duration::from_secs(5),
+        "dead-lettered",
+        || async {
+            let g = client.get_group("payments").await.ok()?;
+            (g.dead_letters == 2).then_some(())
+        },
+    )
+    .await
+    .expect("two dead letters");
+
+    let o = cli(&url, &["dlq", "list", "payments"]).await;
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("OFFSET"), "{out}");
+    assert!(
+        lines[1].contains("pay.charge") && lines[1].ends_with("card declined"),
+        "{out}"
+    );
+
+    let o = cli(
+        &url,
+        &[
+            "dlq",
+            "replay",
+            "payments",
+            "--offset",
+            &failed[0].to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        stdout(&o).trim(),
+        "replayed 1 dead letter(s) into payments",
+        "{o:?}"
+    );
+    let again = client
+        .pull("payments", 1, std::time::Duration::from_secs(5))
+        .await
+        .expect("pull");
+    assert_eq!(again.deliveries[0].offset, failed[0]);
+    assert_eq!(again.deliveries[0].attempt, 1);
+
+    let o = cli(&url, &["--json", "dlq", "purge", "payments"]).await;
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["count"], 1, "{o:?}");
+    let o = cli(&url, &["--json", "dlq", "list", "payments"]).await;
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["dead_letters"], serde_json::json!([]));
+
+    let o = cli(&url, &["dlq", "list", "nope"]).await;
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("GROUP_NOT_FOUND"),
+        "{o:?}"
+    );
+}

@@ -5,6 +5,7 @@
 mod cli;
 mod errors;
 mod events;
+mod groups;
 mod liveness;
 mod openapi;
 mod persistence;

@@ -10,9 +10,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn connect(hub: &TestHub) -> Ws {
+pub(crate) async fn connect(hub: &TestHub) -> Ws {
     let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", hub.addr))
         .await
         .expect("connect");
@@ -20,14 +20,14 @@ async fn connect(hub: &TestHub) -> Ws {
     ws
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into()))
         .await
         .expect("send");
 }
 
 /// The next JSON frame, within 10 s.
-async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv(ws: &mut Ws) -> Value {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match ws.next().await.expect("open").expect("frame") {

@@ -16,7 +16,7 @@ use crate::{corrupt, storage_error};
 /// limit on bound values).
 const INSERT_CHUNK: usize = 500;
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "seq, id, source, type, topic, subject, time, datacontenttype, data, extensions";
 
 #[async_trait]
@@ -235,7 +235,7 @@ pub(crate) async fn last_seq(conn: &mut SqliteConnection) -> Result<u64, Storage
     Ok(u64::try_from(seq).unwrap_or(0))
 }
 
-fn decode(row: &SqliteRow) -> Result<Event, StorageError> {
+pub(crate) fn decode(row: &SqliteRow) -> Result<Event, StorageError> {
     let get = |e| storage_error("decode event", e);
     let seq: i64 = row.try_get("seq").map_err(get)?;
     let data: Option<String> = row.try_get("data").map_err(get)?;
