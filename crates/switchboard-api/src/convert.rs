@@ -311,3 +311,21 @@ pub(crate) fn dead_letter(d: bus::groups::DeadLetter) -> wire::DeadLetter {
         event: cloud_event(d.event),
     }
 }
+
+/// What became of a published event, to its wire form.
+pub(crate) fn published(a: bus::Accepted) -> wire::Published {
+    match a {
+        bus::Accepted::Stored(e) => wire::Published {
+            id: e.id,
+            topic: e.topic,
+            offset: Some(e.offset),
+            scheduled_for: None,
+        },
+        bus::Accepted::Scheduled(s) => wire::Published {
+            id: s.id,
+            topic: s.topic,
+            offset: None,
+            scheduled_for: Some(time(s.due_at)),
+        },
+    }
+}

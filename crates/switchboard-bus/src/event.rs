@@ -24,7 +24,15 @@ pub mod ext {
     pub const PARTITION_KEY: &str = "partitionkey";
     /// The topic (a CloudEvents extension on the wire).
     pub const TOPIC: &str = "topic";
+    /// When to deliver the event (RFC 3339); it is held until then.
+    pub const DELIVER_AT: &str = "deliverat";
+    /// Deliver the event this many milliseconds after it is published;
+    /// the hub turns it into `deliverat`.
+    pub const DELAY_MS: &str = "delayms";
 }
+
+/// The furthest ahead an event may be scheduled.
+pub const MAX_SCHEDULE_AHEAD_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// The context attributes CloudEvents defines; an extension may not reuse
 /// these names.
@@ -158,14 +166,60 @@ impl NewEvent {
                     field,
                     "an extension attribute must be a string, number or boolean",
                 );
+            } else if name == ext::DELIVER_AT && deliver_at(value).is_none() {
+                errs.push(field, "must be an RFC 3339 time like 2026-01-15T12:00:00Z");
+            } else if name == ext::DELAY_MS
+                && !value
+                    .as_i64()
+                    .is_some_and(|d| (0..=MAX_SCHEDULE_AHEAD_MS).contains(&d))
+            {
+                errs.push(
+                    field,
+                    "must be a whole number of milliseconds, at most 30 days",
+                );
             }
         }
+        if self.extensions.contains_key(ext::DELIVER_AT)
+            && self.extensions.contains_key(ext::DELAY_MS)
+        {
+            errs.push(
+                format!("{prefix}{}", ext::DELAY_MS),
+                "give deliverat or delayms, not both",
+            );
+        }
+    }
+
+    /// When the event is to be delivered, if later than `now`: from
+    /// `deliverat`, or `delayms` after `now` (which is then replaced by
+    /// `deliverat`, so the logged event says when it was due).
+    pub fn take_schedule(&mut self, now: UnixMillis) -> Option<UnixMillis> {
+        if let Some(delay) = self
+            .extensions
+            .remove(ext::DELAY_MS)
+            .and_then(|v| v.as_i64())
+        {
+            let at = now.saturating_add(delay);
+            if let Some(t) = chrono::DateTime::from_timestamp_millis(at) {
+                self.extensions.insert(
+                    ext::DELIVER_AT.to_owned(),
+                    Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                );
+            }
+        }
+        let at = self.extensions.get(ext::DELIVER_AT).and_then(deliver_at)?;
+        (at > now).then_some(at)
     }
 
     /// The extension `name` as a string, if set.
     pub fn extension(&self, name: &str) -> Option<&str> {
         self.extensions.get(name).and_then(Value::as_str)
     }
+}
+
+fn deliver_at(v: &Value) -> Option<UnixMillis> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
 }
 
 impl Event {

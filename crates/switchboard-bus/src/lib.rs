@@ -39,7 +39,7 @@ pub mod topic;
 pub use error::BusError;
 pub use event::{Event, NewEvent};
 pub use filter::Filter;
-pub use log::{EventLog, ReadFrom};
+pub use log::{EventLog, ReadFrom, Scheduled};
 pub use subscription::{Start, Subscription, SubscriptionSpec};
 pub use topic::{Pattern, PatternIndex};
 
@@ -79,6 +79,8 @@ struct Shared {
     clock: Clock,
     config: BusConfig,
     subs: Mutex<Subs>,
+    /// Woken when events are held for later, so the scheduler looks again.
+    scheduled: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -107,6 +109,7 @@ impl Bus {
                 clock,
                 config,
                 subs: Mutex::new(Subs::default()),
+                scheduled: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -137,8 +140,10 @@ impl Bus {
 
     /// Checks and appends events, in order; resolves once they are durable.
     /// A repeat of an event published within `dedup_window` (same source
-    /// and id) is answered with the first one and not stored again.
-    pub async fn publish(&self, mut events: Vec<NewEvent>) -> Result<Vec<Event>, BusError> {
+    /// and id) is answered with the first one and not stored again. An
+    /// event with a later `deliverat` (or a `delayms`) is held, durably,
+    /// and appended when due; its answer says when.
+    pub async fn publish(&self, mut events: Vec<NewEvent>) -> Result<Vec<Accepted>, BusError> {
         let mut errs = FieldErrors::new();
         if events.is_empty() {
             errs.push("events", "must hold at least one event");
@@ -158,13 +163,63 @@ impl Bus {
             };
             e.check(&prefix, &mut errs);
         }
-        errs.finish().map_err(BusError::Invalid)?;
         let now = self.shared.clock.now_ms();
-        for e in &mut events {
+        let mut due = Vec::with_capacity(events.len());
+        for (i, e) in events.iter_mut().enumerate() {
             e.time.get_or_insert(now);
+            let at = e.take_schedule(now);
+            if at.is_some_and(|t| t - now > event::MAX_SCHEDULE_AHEAD_MS) {
+                let prefix = if batch {
+                    format!("events[{i}].")
+                } else {
+                    String::new()
+                };
+                errs.push(
+                    format!("{prefix}{}", event::ext::DELIVER_AT),
+                    "must be at most 30 days ahead",
+                );
+            }
+            due.push(at);
         }
+        errs.finish().map_err(BusError::Invalid)?;
         let window = i64::try_from(self.shared.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
-        Ok(self.log().append(events, window).await?)
+        if due.iter().all(Option::is_none) {
+            let stored = self.log().append(events, window).await?;
+            return Ok(stored.into_iter().map(Accepted::Stored).collect());
+        }
+        // Held and immediate events go to their places; answers keep the
+        // order published.
+        let (mut now_events, mut later, mut later_due) = (Vec::new(), Vec::new(), Vec::new());
+        for (e, at) in events.into_iter().zip(&due) {
+            match at {
+                Some(t) => {
+                    later.push(e);
+                    later_due.push(*t);
+                }
+                None => now_events.push(e),
+            }
+        }
+        let mut held = self.log().schedule(later, later_due).await?.into_iter();
+        self.shared.scheduled.notify_one();
+        let mut stored = if now_events.is_empty() {
+            Vec::new()
+        } else {
+            self.log().append(now_events, window).await?
+        }
+        .into_iter();
+        Ok(due
+            .iter()
+            .filter_map(|at| match at {
+                Some(_) => held.next().map(Accepted::Scheduled),
+                None => stored.next().map(Accepted::Stored),
+            })
+            .collect())
+    }
+
+    /// The worker that appends held events when they are due; run it once
+    /// per hub.
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler { bus: self.clone() }
     }
 
     /// Events matching any of `patterns` (all, when empty) and `filter`,
@@ -279,6 +334,55 @@ impl Bus {
 pub(crate) fn matches(patterns: &[Pattern], filter: &Filter, e: &Event) -> bool {
     (patterns.is_empty() || patterns.iter().any(|p| p.matches(&e.topic)))
         && filter.matches(e.data.as_ref())
+}
+
+/// What became of a published event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// In the log.
+    Stored(Event),
+    /// Held until it is due.
+    Scheduled(Scheduled),
+}
+
+/// Held events moved into the log per store call.
+const RELEASE_BATCH: u32 = 500;
+
+/// The worker that appends held (delayed or scheduled) events to the log
+/// when they are due.
+pub struct Scheduler {
+    bus: Bus,
+}
+
+impl Scheduler {
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let shared = &self.bus.shared;
+        loop {
+            let now = shared.clock.now_ms();
+            let wait = match shared.log.release_due(now, RELEASE_BATCH).await {
+                Ok((moved, _)) if moved == RELEASE_BATCH => Duration::ZERO,
+                Ok((_, Some(next))) => {
+                    Duration::from_millis(u64::try_from(next - now).unwrap_or(0))
+                }
+                // Nothing held: sleep until a publish holds something.
+                Ok((_, None)) => Duration::from_secs(3600),
+                Err(error) => {
+                    tracing::warn!(%error, "releasing due events failed; retrying");
+                    Duration::from_millis(200)
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = shared.scheduled.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::debug!("scheduler stopped");
+    }
 }
 
 /// The worker that tails the log and feeds live subscriptions.

@@ -15,6 +15,19 @@ pub enum ReadFrom {
     Time(UnixMillis),
 }
 
+/// An event held for later delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    /// The event's id.
+    pub id: String,
+    /// Its source.
+    pub source: String,
+    /// Its topic.
+    pub topic: String,
+    /// When it will be appended to the log.
+    pub due_at: UnixMillis,
+}
+
 /// An append-only log of events, one sequence of offsets across topics.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
@@ -28,6 +41,24 @@ pub trait EventLog: Send + Sync + 'static {
         events: Vec<NewEvent>,
         dedup_window_ms: i64,
     ) -> Result<Vec<Event>, StorageError>;
+
+    /// Holds events until their due times (`due[i]` for `events[i]`);
+    /// resolves once they are durable. An event whose (source, id) is
+    /// already held is not held twice: its answer is the one held.
+    async fn schedule(
+        &self,
+        events: Vec<NewEvent>,
+        due: Vec<UnixMillis>,
+    ) -> Result<Vec<Scheduled>, StorageError>;
+
+    /// Appends up to `limit` held events due at or before `now` to the log
+    /// (in due order) and stops holding them, atomically; answers how many
+    /// moved and when the next held event is due.
+    async fn release_due(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+    ) -> Result<(u32, Option<UnixMillis>), StorageError>;
 
     /// Up to `limit` events from `from`, in offset order.
     async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError>;

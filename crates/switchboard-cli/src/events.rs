@@ -127,7 +127,16 @@ pub(crate) async fn publish(hub: &str, json: bool, args: PublishArgs) -> anyhow:
         return output::json(&ack);
     }
     for p in &ack.events {
-        println!("published {} on {} at offset {}", p.id, p.topic, p.offset);
+        match (p.offset, p.scheduled_for) {
+            (Some(o), _) => println!("published {} on {} at offset {o}", p.id, p.topic),
+            (None, Some(t)) => println!(
+                "scheduled {} on {} for {}",
+                p.id,
+                p.topic,
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+            (None, None) => println!("published {} on {}", p.id, p.topic),
+        }
     }
     Ok(())
 }

@@ -99,8 +99,12 @@ pub struct Published {
     pub id: String,
     /// Its topic.
     pub topic: String,
-    /// Its place in the log.
-    pub offset: u64,
+    /// Its place in the log; absent while the event is held for later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// When a delayed or scheduled event will be appended to the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
 }
 
 /// `GET /api/v1/events`.

@@ -11,7 +11,7 @@ use futures_util::stream::Stream;
 use serde_json::{Map, Value};
 use switchboard_bus::{Bus, Filter, Pattern, ReadFrom, Start, SubscriptionSpec};
 use switchboard_core::FieldError;
-use switchboard_wire::{EventPage, Problem, PublishAck, PublishEvent, Published};
+use switchboard_wire::{EventPage, Problem, PublishAck, PublishEvent};
 
 use crate::convert;
 use crate::error::ApiError;
@@ -66,14 +66,7 @@ pub(crate) async fn publish(
     Ok((
         StatusCode::CREATED,
         Json(PublishAck {
-            events: stored
-                .into_iter()
-                .map(|e| Published {
-                    id: e.id,
-                    topic: e.topic,
-                    offset: e.offset,
-                })
-                .collect(),
+            events: stored.into_iter().map(convert::published).collect(),
         }),
     ))
 }

@@ -566,7 +566,7 @@ impl Conn {
             Ok(stored) => text(&json!({
                 "op": "published",
                 "ref": r,
-                "events": stored.iter().map(|e| json!({"id": e.id, "topic": e.topic, "offset": e.offset})).collect::<Vec<_>>(),
+                "events": stored.into_iter().map(convert::published).collect::<Vec<_>>(),
             })),
             Err(e) => {
                 tracing::warn!(error = %e, "publish over websocket failed");

@@ -639,3 +639,87 @@ async fn repeated_event_ids_are_acknowledged_but_stored_once() {
     assert!(later["events"][0]["offset"].as_u64().expect("offset") > offsets[1]);
     assert_eq!(topics(&read(&hub, "").await).len(), 3);
 }
+
+#[tokio::test]
+async fn delayed_events_are_held_then_delivered_even_across_a_restart() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut stream = hub
+        .api
+        .stream_events(
+            &EventQuery {
+                topics: vec!["remind.>".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("stream");
+    let sent = tokio::time::Instant::now();
+    let (status, ack) = publish(
+        &hub,
+        json!([
+            {"topic": "remind.later", "delayms": 400, "data": {"n": "later"}},
+            {"topic": "remind.now", "data": {"n": "now"}},
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ack}");
+    let held = &ack["events"][0];
+    assert_eq!(held["offset"], Value::Null, "{ack}");
+    assert!(held["scheduled_for"].is_string(), "{ack}");
+    assert!(ack["events"][1]["offset"].as_u64().is_some(), "{ack}");
+
+    let got = take(&mut stream, 2).await;
+    assert_eq!(got[0].data.as_ref().expect("data")["n"], "now");
+    assert_eq!(got[1].data.as_ref().expect("data")["n"], "later");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(380),
+        "delivered after {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(got[1].extensions["deliverat"], held["scheduled_for"]);
+
+    // Held durably: a hub stopped before the time delivers after restart.
+    let (_, ack) = publish(&hub, json!({"topic": "remind.restart", "delayms": 3000})).await;
+    assert_eq!(ack["events"][0]["offset"], Value::Null);
+    let data = hub.stop().await.expect("stop");
+    let hub = TestHub::start_with(data, "").await.expect("restart");
+    assert_eq!(
+        topics(&read(&hub, "topic=remind.restart&after=0").await).len(),
+        0,
+        "not yet due"
+    );
+    switchboard_test::eventually(
+        Duration::from_secs(10),
+        "the held event arrives",
+        || async {
+            (topics(&read(&hub, "topic=remind.restart&after=0").await).len() == 1).then_some(())
+        },
+    )
+    .await
+    .expect("delivered after restart");
+
+    // A time in the past is now; bad schedules are refused, naming the field.
+    let (_, ack) = publish(
+        &hub,
+        json!({"topic": "remind.past", "deliverat": "2020-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert!(ack["events"][0]["offset"].as_u64().is_some(), "{ack}");
+    for (body, field) in [
+        (json!({"topic": "t", "deliverat": "tomorrow"}), "deliverat"),
+        (json!({"topic": "t", "delayms": -5}), "delayms"),
+        (
+            json!({"topic": "t", "delayms": 5, "deliverat": "2030-01-01T00:00:00Z"}),
+            "delayms",
+        ),
+        (
+            json!({"topic": "t", "deliverat": "2999-01-01T00:00:00Z"}),
+            "deliverat",
+        ),
+    ] {
+        let (status, v) = publish(&hub, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(v["errors"][0]["field"], field, "{body}: {v}");
+    }
+}

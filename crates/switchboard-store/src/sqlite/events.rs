@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use switchboard_bus::{Event, EventLog, NewEvent, ReadFrom};
+use switchboard_bus::{Event, EventLog, NewEvent, ReadFrom, Scheduled};
 use switchboard_core::{Clock, StorageError, UnixMillis};
 use tokio::sync::watch;
 
@@ -36,6 +36,25 @@ impl EventLog for SqliteStore {
                 dedup_window_ms,
             })
             .await
+    }
+
+    async fn schedule(
+        &self,
+        events: Vec<NewEvent>,
+        due: Vec<UnixMillis>,
+    ) -> Result<Vec<Scheduled>, StorageError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.hold(events, due).await
+    }
+
+    async fn release_due(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+    ) -> Result<(u32, Option<UnixMillis>), StorageError> {
+        self.release(now, limit).await
     }
 
     async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError> {
