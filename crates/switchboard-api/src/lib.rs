@@ -34,7 +34,7 @@ pub use context::CORRELATION_ID;
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks};
 
-use routes::{agents, events, groups, system, ws};
+use routes::{agents, events, groups, messages, system, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,6 +47,7 @@ use routes::{agents, events, groups, system, ws};
         (name = "agents", description = "The agent registry"),
         (name = "events", description = "The event bus: publish, read the log, stream"),
         (name = "groups", description = "Consumer groups: durable subscriptions, acknowledgements, dead letters"),
+        (name = "messages", description = "Direct messages and request-response between agents"),
         (name = "system", description = "Health, readiness, metrics, this document"),
     ),
     components(schemas(switchboard_wire::Problem))
@@ -79,6 +80,8 @@ fn route_table() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::get_dead_letter))
         .routes(routes!(groups::replay_dead_letters))
         .routes(routes!(groups::purge_dead_letters))
+        .routes(routes!(messages::send))
+        .routes(routes!(messages::request))
         .routes(routes!(ws::upgrade))
 }
 

@@ -3,5 +3,6 @@
 pub(crate) mod agents;
 pub(crate) mod events;
 pub(crate) mod groups;
+pub(crate) mod messages;
 pub(crate) mod system;
 pub(crate) mod ws;

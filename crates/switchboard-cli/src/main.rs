@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod agents;
 mod events;
 mod groups;
+mod messages;
 mod output;
 mod serve;
 
@@ -58,6 +59,10 @@ enum Command {
     /// Create, list and delete consumer groups (durable subscriptions).
     #[command(subcommand)]
     Groups(groups::GroupsCommand),
+    /// Send a direct message to an agent (by id, or any live agent of a type).
+    Send(messages::MessageArgs),
+    /// Send a request to an agent and print its reply (exit 1 on TASK_TIMEOUT).
+    Request(messages::MessageArgs),
     /// Inspect, replay and purge a consumer group's dead letters.
     #[command(subcommand)]
     Dlq(groups::DlqCommand),
@@ -83,6 +88,8 @@ fn main() -> ExitCode {
             Command::Subscribe(args) => events::subscribe(&cli.hub, cli.json, args).await,
             Command::Events(cmd) => events::run(&cli.hub, cli.json, cmd).await,
             Command::Groups(cmd) => groups::run(&cli.hub, cli.json, cmd).await,
+            Command::Send(args) => messages::send(&cli.hub, cli.json, args).await,
+            Command::Request(args) => messages::request(&cli.hub, cli.json, args).await,
             Command::Dlq(cmd) => groups::dlq(&cli.hub, cli.json, cmd).await,
         }
     });

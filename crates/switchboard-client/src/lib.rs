@@ -16,9 +16,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_wire::{
     Agent, AgentList, CloudEvent, CreateGroupRequest, DeadLetter, DeadLetterCount, DeadLetterPage,
-    EventPage, Group, GroupList, Health, HeartbeatAck, HeartbeatRequest, MetricsReport, Problem,
-    PublishAck, PublishEvent, PullRequest, PullResponse, RegisterAgentRequest, ReplayRequest,
-    SettleRequest, SettleResponse,
+    EventPage, Group, GroupList, Health, HeartbeatAck, HeartbeatRequest, MessageSent,
+    MetricsReport, Problem, PublishAck, PublishEvent, PullRequest, PullResponse,
+    RegisterAgentRequest, ReplayRequest, RequestReply, SendMessageRequest, SettleRequest,
+    SettleResponse,
 };
 use url::Url;
 
@@ -381,6 +382,23 @@ impl Client {
             .send(Method::POST, &path, &[], Some(&ReplayRequest { offsets }))
             .await?;
         Ok(n.count)
+    }
+
+    /// Sends a direct message to an agent's inbox.
+    pub async fn send_message(&self, req: &SendMessageRequest) -> Result<MessageSent, ClientError> {
+        Ok(self
+            .send(Method::POST, "api/v1/messages", &[], Some(req))
+            .await?
+            .1)
+    }
+
+    /// Sends a request and waits for the reply (`TASK_TIMEOUT` when none
+    /// comes within `timeout_ms`).
+    pub async fn request(&self, req: &SendMessageRequest) -> Result<RequestReply, ClientError> {
+        Ok(self
+            .send(Method::POST, "api/v1/requests", &[], Some(req))
+            .await?
+            .1)
     }
 
     /// `GET /healthz`.

@@ -6,6 +6,7 @@
 //! - [`agents`]: registration, heartbeat and listing bodies.
 //! - [`events`]: CloudEvents as published and as read from the log.
 //! - [`groups`]: consumer groups, deliveries, acknowledgements, dead letters.
+//! - [`messages`]: direct messages and request-response.
 //! - [`problem`]: the `application/problem+json` error body.
 //! - [`system`]: health, readiness and the JSON metrics.
 //!
@@ -15,11 +16,13 @@
 pub mod agents;
 pub mod events;
 pub mod groups;
+pub mod messages;
 pub mod problem;
 pub mod system;
 
 pub use agents::*;
 pub use events::*;
 pub use groups::*;
+pub use messages::*;
 pub use problem::*;
 pub use system::*;

@@ -272,3 +272,37 @@ async fn groups_and_dead_letters_from_the_shell() {
         "{o:?}"
     );
 }
+
+#[tokio::test]
+async fn send_and_request_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let url = hub.url("");
+    let o = cli(
+        &url,
+        &["agents", "register", "--id", "echo-1", "--type", "echo"],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    let o = cli(
+        &url,
+        &["send", "--to-type", "echo", "--data", "{\"hi\": 1}"],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stdout(&o).contains("to echo-1 (inbox.echo-1 at offset"),
+        "{o:?}"
+    );
+    let o = cli(&url, &["--json", "events", "read", "inbox.echo-1"]).await;
+    assert!(stdout(&o).contains("\"hi\": 1"), "{o:?}");
+
+    let o = cli(&url, &["request", "--to", "echo-1", "--timeout-ms", "200"]).await;
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("TASK_TIMEOUT"),
+        "{o:?}"
+    );
+}

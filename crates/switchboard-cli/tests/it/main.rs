@@ -7,6 +7,7 @@ mod errors;
 mod events;
 mod groups;
 mod liveness;
+mod messages;
 mod openapi;
 mod persistence;
 mod registry;
