@@ -39,7 +39,7 @@ pub mod topic;
 pub use error::BusError;
 pub use event::{Event, NewEvent};
 pub use filter::Filter;
-pub use log::{EventLog, ReadFrom, Scheduled};
+pub use log::{EventLog, ReadFrom, Scheduled, Trimmed};
 pub use subscription::{Start, Subscription, SubscriptionSpec};
 pub use topic::{Pattern, PatternIndex};
 
@@ -57,6 +57,8 @@ pub struct BusConfig {
     /// A publish that repeats an event's (source, id) within this window
     /// is acknowledged with the first one's offset and not stored again.
     pub dedup_window: Duration,
+    /// What the log keeps.
+    pub retention: Retention,
 }
 
 impl Default for BusConfig {
@@ -64,6 +66,81 @@ impl Default for BusConfig {
         Self {
             subscriber_buffer: 1024,
             dedup_window: Duration::from_secs(120),
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// What the log keeps; by default, everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Events appended longer ago than this are removed.
+    pub max_age: Option<Duration>,
+    /// The oldest events are removed while the log holds more than this
+    /// many bytes of events (attributes and data as stored).
+    pub max_bytes: Option<u64>,
+    /// Topics kept compacted: of the events with one partition key on one
+    /// such topic, only the latest stays.
+    pub compact: Vec<Pattern>,
+    /// How often the rules are applied.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: None,
+            max_bytes: None,
+            compact: Vec::new(),
+            interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Retention {
+    /// Whether any rule removes anything.
+    pub fn is_active(&self) -> bool {
+        self.max_age.is_some() || self.max_bytes.is_some() || !self.compact.is_empty()
+    }
+}
+
+/// The worker that applies the retention rules to the log.
+pub struct Retainer {
+    bus: Bus,
+}
+
+impl Retainer {
+    /// Runs until `shutdown`, applying the rules every `interval`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let shared = &self.bus.shared;
+        let rules = &shared.config.retention;
+        if !rules.is_active() {
+            return;
+        }
+        let mut tick = tokio::time::interval(rules.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let cutoff = rules.max_age.map(|age| {
+                shared.clock.now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX / 2)
+            });
+            match shared
+                .log
+                .trim(cutoff, rules.max_bytes, &rules.compact)
+                .await
+            {
+                Ok(t) if t.removed() > 0 => tracing::info!(
+                    expired = t.expired,
+                    over_size = t.over_size,
+                    compacted = t.compacted,
+                    "log trimmed"
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "applying the log's retention failed"),
+            }
         }
     }
 }
@@ -214,6 +291,11 @@ impl Bus {
                 None => stored.next().map(Accepted::Stored),
             })
             .collect())
+    }
+
+    /// The worker that applies `BusConfig::retention`; run it once per hub.
+    pub fn retainer(&self) -> Retainer {
+        Retainer { bus: self.clone() }
     }
 
     /// The worker that appends held events when they are due; run it once

@@ -5,6 +5,7 @@ use switchboard_core::{StorageError, UnixMillis};
 use tokio::sync::watch;
 
 use crate::event::{Event, NewEvent};
+use crate::topic::Pattern;
 
 /// Where a read starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +14,24 @@ pub enum ReadFrom {
     After(u64),
     /// Events that happened at or after this time.
     Time(UnixMillis),
+}
+
+/// What a trim removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Events older than the age limit.
+    pub expired: u64,
+    /// Events removed to bring the log under its size limit.
+    pub over_size: u64,
+    /// Events superseded by a later one with the same key.
+    pub compacted: u64,
+}
+
+impl Trimmed {
+    /// Events removed in all.
+    pub fn removed(&self) -> u64 {
+        self.expired + self.over_size + self.compacted
+    }
 }
 
 /// An event held for later delivery.
@@ -59,6 +78,17 @@ pub trait EventLog: Send + Sync + 'static {
         now: UnixMillis,
         limit: u32,
     ) -> Result<(u32, Option<UnixMillis>), StorageError>;
+
+    /// Removes events appended before `appended_before`, then the oldest
+    /// while the log holds more than `max_bytes`, then, on topics matching
+    /// `compact`, every event with a partition key that a later event on
+    /// the same topic repeats.
+    async fn trim(
+        &self,
+        appended_before: Option<UnixMillis>,
+        max_bytes: Option<u64>,
+        compact: &[Pattern],
+    ) -> Result<Trimmed, StorageError>;
 
     /// Up to `limit` events from `from`, in offset order.
     async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError>;

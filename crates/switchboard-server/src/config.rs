@@ -95,6 +95,12 @@ struct FileBus {
     subscriber_buffer: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     dedup_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retention_max_age: Option<Duration>,
+    retention_max_bytes: Option<u64>,
+    compact_topics: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    retention_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +239,42 @@ impl Config {
         }
         if let Some(d) = f.bus.dedup_window {
             c.bus.dedup_window = d;
+        }
+        let r = &mut c.bus.retention;
+        if let Some(age) = f.bus.retention_max_age {
+            if age < Duration::from_secs(1) {
+                errs.push(FieldError::new(
+                    "bus.retention_max_age",
+                    "must be at least 1s",
+                ));
+            }
+            r.max_age = Some(age);
+        }
+        if let Some(bytes) = f.bus.retention_max_bytes {
+            if bytes == 0 {
+                errs.push(FieldError::new(
+                    "bus.retention_max_bytes",
+                    "must be at least 1",
+                ));
+            }
+            r.max_bytes = Some(bytes);
+        }
+        for (i, t) in f.bus.compact_topics.iter().flatten().enumerate() {
+            match switchboard_bus::Pattern::parse(t) {
+                Ok(p) => r.compact.push(p),
+                Err(reason) => {
+                    errs.push(FieldError::new(format!("bus.compact_topics[{i}]"), reason))
+                }
+            }
+        }
+        if let Some(every) = f.bus.retention_interval {
+            if every < Duration::from_millis(10) {
+                errs.push(FieldError::new(
+                    "bus.retention_interval",
+                    "must be at least 10ms",
+                ));
+            }
+            r.interval = every;
         }
         if let Some(s) = f.store.synchronous {
             match s.parse() {

@@ -108,6 +108,7 @@ impl Hub {
         tracker.spawn(self.state.registry.sweeper().run(token.child_token()));
         tracker.spawn(self.state.bus.dispatcher().run(token.child_token()));
         tracker.spawn(self.state.bus.scheduler().run(token.child_token()));
+        tracker.spawn(self.state.bus.retainer().run(token.child_token()));
         {
             let token = token.clone();
             tokio::spawn(async move {

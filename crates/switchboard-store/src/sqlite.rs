@@ -23,6 +23,7 @@ mod agents;
 mod batch;
 mod events;
 mod groups;
+mod retention;
 mod schedule;
 
 use agents::LivenessWrite;

@@ -723,3 +723,89 @@ async fn delayed_events_are_held_then_delivered_even_across_a_restart() {
         assert_eq!(v["errors"][0]["field"], field, "{body}: {v}");
     }
 }
+
+#[tokio::test]
+async fn compacted_topics_keep_the_latest_event_per_key() {
+    let toml = "[bus]\ncompact_topics = [\"config.>\"]\nretention_interval = \"50ms\"\n";
+    let hub = TestHub::start_with(DataDir::temp().expect("dir"), toml)
+        .await
+        .expect("hub");
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        let key = if i % 2 == 0 { "db" } else { "cache" };
+        batch.push(json!({"topic": "config.app", "partitionkey": key, "data": {"v": i}}));
+    }
+    batch.push(json!({"topic": "config.app", "data": {"v": "keyless"}}));
+    batch.push(json!({"topic": "audit.app", "partitionkey": "db", "data": {"v": "other topic"}}));
+    let (status, _) = publish(&hub, Value::Array(batch)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let page = switchboard_test::eventually(Duration::from_secs(10), "compaction", || async {
+        let page = read(&hub, "after=0").await;
+        (page["events"].as_array().map(Vec::len) == Some(4)).then_some(page)
+    })
+    .await
+    .expect("compacted");
+    let kept: Vec<Value> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["data"]["v"].clone())
+        .collect();
+    assert_eq!(
+        kept,
+        [json!(8), json!(9), json!("keyless"), json!("other topic")]
+    );
+}
+
+#[tokio::test]
+async fn the_log_keeps_to_its_size_and_age_limits() {
+    let toml = "[bus]\nretention_max_bytes = 20000\nretention_interval = \"50ms\"\n";
+    let hub = TestHub::start_with(DataDir::temp().expect("dir"), toml)
+        .await
+        .expect("hub");
+    let big = "x".repeat(1000);
+    let batch: Vec<Value> = (0..50)
+        .map(|i| json!({"topic": "bulk.load", "data": {"i": i, "pad": big}}))
+        .collect();
+    let (_, ack) = publish(&hub, Value::Array(batch)).await;
+    let last = ack["events"][49]["offset"].as_u64().expect("offset");
+    let page = switchboard_test::eventually(Duration::from_secs(10), "trimmed to size", || async {
+        let page = read(&hub, "after=0&limit=1000").await;
+        (page["events"].as_array().map(Vec::len) < Some(50)).then_some(page)
+    })
+    .await
+    .expect("trimmed");
+    let events = page["events"].as_array().expect("events");
+    assert!(
+        (15..=19).contains(&events.len()),
+        "{} events kept",
+        events.len()
+    );
+    assert_eq!(
+        events.last().expect("last")["offset"],
+        last,
+        "the newest stay"
+    );
+    let data = hub.stop().await.expect("stop");
+
+    // By age: everything older than a second goes; offsets never repeat,
+    // even once the log is empty and the hub restarts.
+    let hub = TestHub::start_with(
+        data,
+        "[bus]\nretention_max_age = \"1s\"\nretention_interval = \"50ms\"\n",
+    )
+    .await
+    .expect("restart");
+    switchboard_test::eventually(Duration::from_secs(10), "expired", || async {
+        (read(&hub, "after=0").await["events"] == json!([])).then_some(())
+    })
+    .await
+    .expect("expired");
+    let data = hub.stop().await.expect("stop");
+    let hub = TestHub::start_with(data, "").await.expect("restart");
+    let (_, ack) = publish(&hub, json!({"topic": "bulk.load"})).await;
+    assert!(
+        ack["events"][0]["offset"].as_u64().expect("offset") > last,
+        "{ack}"
+    );
+}

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use switchboard_bus::{Event, EventLog, NewEvent, ReadFrom, Scheduled};
+use switchboard_bus::{Event, EventLog, NewEvent, Pattern, ReadFrom, Scheduled, Trimmed};
 use switchboard_core::{Clock, StorageError, UnixMillis};
 use tokio::sync::watch;
 
@@ -12,7 +12,9 @@ use super::SqliteStore;
 use super::batch::BatchWrite;
 use crate::{corrupt, storage_error};
 
-/// Events per INSERT statement (9 bound values each, well under SQLite's
+use switchboard_bus::event::ext::PARTITION_KEY;
+
+/// Events per INSERT statement (12 bound values each, well under SQLite's
 /// limit on bound values).
 const INSERT_CHUNK: usize = 500;
 
@@ -55,6 +57,15 @@ impl EventLog for SqliteStore {
         limit: u32,
     ) -> Result<(u32, Option<UnixMillis>), StorageError> {
         self.release(now, limit).await
+    }
+
+    async fn trim(
+        &self,
+        appended_before: Option<UnixMillis>,
+        max_bytes: Option<u64>,
+        compact: &[Pattern],
+    ) -> Result<Trimmed, StorageError> {
+        self.trim_log(appended_before, max_bytes, compact).await
     }
 
     async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError> {
@@ -211,9 +222,23 @@ pub(crate) async fn insert_events(
     for chunk in events.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO events (id, source, type, topic, subject, time, appended_at, \
-             datacontenttype, data, extensions) ",
+             datacontenttype, data, extensions, size, key) ",
         );
         q.push_values(chunk, |mut b, e| {
+            let data = e.data.as_ref().map(Value::to_string);
+            let extensions = Value::Object(e.extensions.clone()).to_string();
+            let size = e.id.len()
+                + e.source.len()
+                + e.event_type.len()
+                + e.topic.len()
+                + e.subject.as_ref().map_or(0, String::len)
+                + e.datacontenttype.len()
+                + data.as_ref().map_or(0, String::len)
+                + extensions.len();
+            let key = e.extensions.get(PARTITION_KEY).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
             b.push_bind(&e.id)
                 .push_bind(&e.source)
                 .push_bind(&e.event_type)
@@ -222,8 +247,10 @@ pub(crate) async fn insert_events(
                 .push_bind(e.time.unwrap_or(now))
                 .push_bind(now)
                 .push_bind(&e.datacontenttype)
-                .push_bind(e.data.as_ref().map(Value::to_string))
-                .push_bind(Value::Object(e.extensions.clone()).to_string());
+                .push_bind(data)
+                .push_bind(extensions)
+                .push_bind(i64::try_from(size).unwrap_or(i64::MAX))
+                .push_bind(key);
         });
         q.push(" RETURNING seq");
         let mut got: Vec<i64> = q
@@ -247,10 +274,14 @@ pub(crate) async fn insert_events(
 
 /// The last sequence number in the log (0 when empty).
 pub(crate) async fn last_seq(conn: &mut SqliteConnection) -> Result<u64, StorageError> {
-    let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-        .fetch_one(conn)
-        .await
-        .map_err(|e| storage_error("read the log head", e))?;
+    // The sequence, not the table: retention may have emptied the table.
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0), \
+         COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))",
+    )
+    .fetch_one(conn)
+    .await
+    .map_err(|e| storage_error("read the log head", e))?;
     Ok(u64::try_from(seq).unwrap_or(0))
 }
 
