@@ -201,7 +201,7 @@ impl SqliteStore {
                     head: head.clone(),
                 },
             ),
-            group_writes: Batcher::start(writer.clone(), GroupWrite),
+            group_writes: Batcher::start(writer.clone(), GroupWrite { head: head.clone() }),
             head,
             writer,
             reader,

@@ -163,20 +163,23 @@ async fn settle_all(
         errs.push("error", "must be at most 4096 bytes");
     }
     errs.finish().map_err(ApiError::validation)?;
+    let outcome = if nack {
+        Outcome::Nack {
+            error: body
+                .error
+                .clone()
+                .unwrap_or_else(|| "refused by the consumer".to_owned()),
+            delay: body.delay_ms.map(Duration::from_millis),
+        }
+    } else {
+        Outcome::Ack
+    };
+    let results = groups
+        .settle_many(name, body.offsets.clone(), outcome)
+        .await?;
     let mut out = SettleResponse::default();
-    for offset in body.offsets {
-        let outcome = if nack {
-            Outcome::Nack {
-                error: body
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "refused by the consumer".to_owned()),
-                delay: body.delay_ms.map(Duration::from_millis),
-            }
-        } else {
-            Outcome::Ack
-        };
-        match groups.settle(name, offset, outcome).await {
+    for (offset, r) in body.offsets.into_iter().zip(results) {
+        match r {
             Ok(()) => out.settled.push(offset),
             Err(BusError::NotPending(_)) => out.not_pending.push(offset),
             Err(e) => return Err(e.into()),

@@ -302,7 +302,7 @@ impl Conn {
                 group,
                 offset,
                 offsets,
-            } => return self.settle(&group, offset, offsets, |_| Outcome::Ack).await,
+            } => return self.settle(group, offset, offsets, Outcome::Ack),
             Request::Nack {
                 group,
                 offset,
@@ -311,17 +311,11 @@ impl Conn {
                 delay_ms,
             } => {
                 let error = error.unwrap_or_else(|| "refused by the consumer".to_owned());
-                return self
-                    .settle(&group, offset, offsets, |_| Outcome::Nack {
-                        error: error.clone(),
-                        delay: delay_ms.map(std::time::Duration::from_millis),
-                    })
-                    .await;
+                let delay = delay_ms.map(std::time::Duration::from_millis);
+                return self.settle(group, offset, offsets, Outcome::Nack { error, delay });
             }
             Request::InProgress { group, offset } => {
-                return self
-                    .settle(&group, Some(offset), None, |_| Outcome::InProgress)
-                    .await;
+                return self.settle(group, Some(offset), None, Outcome::InProgress);
             }
         };
         Some(reply)
@@ -403,13 +397,15 @@ impl Conn {
         text(&json!({"op": "consuming", "id": id, "group": group}))
     }
 
-    /// Settles each offset; silent unless something was refused.
-    async fn settle(
+    /// Settles each offset without holding up the connection; silent
+    /// unless something was refused, which is reported in an error frame
+    /// once known.
+    fn settle(
         &mut self,
-        group: &str,
+        group: String,
         offset: Option<u64>,
         offsets: Option<Vec<u64>>,
-        outcome: impl Fn(u64) -> Outcome,
+        outcome: Outcome,
     ) -> Option<Message> {
         let list = match (offset, offsets) {
             (Some(o), None) => vec![o],
@@ -423,35 +419,42 @@ impl Conn {
                 ));
             }
         };
-        let mut refused = Vec::new();
-        for o in list {
-            match self.groups.settle(group, o, outcome(o)).await {
-                Ok(()) => {}
-                Err(BusError::NotPending(_)) => refused.push(o),
+        let groups = self.groups.clone();
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            let frame = match groups.settle_many(&group, list.clone(), outcome).await {
+                Ok(results) => {
+                    let refused: Vec<u64> = list
+                        .into_iter()
+                        .zip(results)
+                        .filter(|(_, r)| r.is_err())
+                        .map(|(o, _)| o)
+                        .collect();
+                    if refused.is_empty() {
+                        return;
+                    }
+                    text(&json!({
+                        "op": "error",
+                        "ref": null,
+                        "code": "NOT_PENDING",
+                        "message": "these offsets are not pending in the group (acknowledged, dead-lettered, past their deadline, or never delivered)",
+                        "group": group,
+                        "offsets": refused,
+                    }))
+                }
                 Err(BusError::NotFound { code, message }) => {
-                    return Some(error_frame(None, code, &message, Value::Null));
+                    error_frame(None, code, &message, Value::Null)
                 }
-                Err(_) => {
-                    return Some(error_frame(
-                        None,
-                        "UNAVAILABLE",
-                        "the group cannot settle now; try again",
-                        Value::Null,
-                    ));
-                }
-            }
-        }
-        if refused.is_empty() {
-            return None;
-        }
-        Some(text(&json!({
-            "op": "error",
-            "ref": null,
-            "code": "NOT_PENDING",
-            "message": "these offsets are not pending in the group (acknowledged, dead-lettered, past their deadline, or never delivered)",
-            "group": group,
-            "offsets": refused,
-        })))
+                Err(_) => error_frame(
+                    None,
+                    "UNAVAILABLE",
+                    "the group cannot settle now; try again",
+                    Value::Null,
+                ),
+            };
+            let _ = out.send(frame).await;
+        });
+        None
     }
 
     fn subscribe(

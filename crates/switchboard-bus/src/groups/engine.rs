@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use super::store::{DeadLetter, GroupOp, GroupRecord, GroupStore, PendingItem};
 use super::{ConsumerSpec, Delivery, GroupSpec, MAX_DEAD_LETTER_PAGE, Outcome};
 use crate::event::ext;
-use crate::{Bus, BusError, Event, Filter, MAX_READ, ReadFrom, matches};
+use crate::{Bus, BusError, Event, Filter, MAX_READ, NewEvent, ReadFrom, matches};
+
+/// Where the outcome of settling each offset goes.
+pub(super) type SettleReply = oneshot::Sender<Vec<Result<(), BusError>>>;
 
 /// Requests to an engine.
 pub(super) enum Cmd {
@@ -28,9 +31,9 @@ pub(super) enum Cmd {
         done: Option<oneshot::Sender<()>>,
     },
     Settle {
-        offset: u64,
+        offsets: Vec<u64>,
         outcome: Outcome,
-        reply: oneshot::Sender<Result<(), BusError>>,
+        reply: SettleReply,
     },
     Replay {
         offsets: Option<Vec<u64>>,
@@ -82,9 +85,16 @@ pub(super) struct Engine {
     next_consumer: u64,
     /// Changes not yet written.
     ops: Vec<GroupOp>,
+    /// Settlements to answer once `ops` are written.
+    settled: Vec<(SettleReply, Vec<Result<(), BusError>>)>,
     /// Set after a failed read or write, to retry without spinning.
     backoff_until: Option<UnixMillis>,
 }
+
+/// Where the hub announces dead letters (with the other system alerts).
+pub(crate) const ALERT_TOPIC: &str = "system.alert";
+/// The source of those alerts.
+const ALERT_SOURCE: &str = "/switchboard/bus";
 
 /// Pause after a failed store call.
 const RETRY_MS: i64 = 200;
@@ -135,6 +145,7 @@ impl Engine {
             consumers: HashMap::new(),
             next_consumer: 0,
             ops,
+            settled: Vec::new(),
             backoff_until: None,
         }
     }
@@ -219,11 +230,22 @@ impl Engine {
                 }
             }
             Cmd::Settle {
-                offset,
+                offsets,
                 outcome,
                 reply,
             } => {
-                let _ = reply.send(self.settle(offset, outcome));
+                let results: Vec<Result<(), BusError>> = offsets
+                    .into_iter()
+                    .map(|o| self.settle(o, outcome.clone()))
+                    .collect();
+                // Answered once the changes are durable (after the next
+                // write), so an acknowledged event is never redelivered
+                // after a crash.
+                if self.ops.is_empty() {
+                    let _ = reply.send(results);
+                } else {
+                    self.settled.push((reply, results));
+                }
             }
             Cmd::Replay { offsets, reply } => {
                 let r = self.replay(offsets).await;
@@ -307,16 +329,19 @@ impl Engine {
 
     /// Writes the changes held, keeping them to retry if the store fails.
     async fn flush(&mut self) {
-        if self.ops.is_empty() {
-            return;
+        if !self.ops.is_empty() {
+            let ops = std::mem::take(&mut self.ops);
+            if let Err(error) = self.store.apply(&self.name, ops.clone()).await {
+                tracing::warn!(group = %self.name, %error, "writing the group's state failed; retrying");
+                let mut ops = ops;
+                ops.append(&mut self.ops);
+                self.ops = ops;
+                self.backoff_until = Some(self.clock.now_ms() + RETRY_MS);
+                return;
+            }
         }
-        let ops = std::mem::take(&mut self.ops);
-        if let Err(error) = self.store.apply(&self.name, ops.clone()).await {
-            tracing::warn!(group = %self.name, %error, "writing the group's state failed; retrying");
-            let mut ops = ops;
-            ops.append(&mut self.ops);
-            self.ops = ops;
-            self.backoff_until = Some(self.clock.now_ms() + RETRY_MS);
+        for (reply, results) in self.settled.drain(..) {
+            let _ = reply.send(results);
         }
     }
 
@@ -360,14 +385,36 @@ impl Engine {
                 return;
             };
             tracing::info!(group = %self.name, offset, attempts = item.attempts, %error, "event dead-lettered");
-            self.ops.push(GroupOp::Dead(DeadLetter {
-                group: self.name.to_string(),
-                offset,
-                event: (*event).clone(),
-                attempts: item.attempts,
-                last_error: Some(error),
-                dead_at: now,
-            }));
+            let alert = NewEvent::hub(
+                ALERT_TOPIC,
+                ALERT_SOURCE,
+                &self.name,
+                now,
+                serde_json::json!({
+                    "severity": "warning",
+                    "kind": "dead_letter",
+                    "message": format!(
+                        "consumer group {} gave up on offset {offset} after {} deliveries",
+                        self.name, item.attempts
+                    ),
+                    "group": &*self.name,
+                    "offset": offset,
+                    "topic": event.topic,
+                    "attempts": item.attempts,
+                    "last_error": error,
+                }),
+            );
+            self.ops.push(GroupOp::Dead {
+                letter: Box::new(DeadLetter {
+                    group: self.name.to_string(),
+                    offset,
+                    event: (*event).clone(),
+                    attempts: item.attempts,
+                    last_error: Some(error),
+                    dead_at: now,
+                }),
+                alert: Box::new(alert),
+            });
             return;
         }
         let delay = delay.unwrap_or_else(|| self.spec.backoff.delay(item.attempts));
@@ -479,7 +526,7 @@ impl Engine {
             let key = partition_key(&d.event);
             self.ops.push(GroupOp::Revived {
                 offset: d.offset,
-                event: d.event.clone(),
+                event: Box::new(d.event.clone()),
                 key: key.clone(),
                 now,
             });

@@ -440,17 +440,32 @@ impl Groups {
         Ok(out)
     }
 
-    /// Acknowledges, refuses or extends a delivery by its offset. Fails
-    /// with [`BusError::NotPending`] when the event is not pending in the
-    /// group (already acknowledged, dead-lettered, never delivered).
+    /// Acknowledges, refuses or extends a delivery by its offset; resolves
+    /// once the change is durable. Fails with [`BusError::NotPending`] when
+    /// the event is not pending in the group (already acknowledged,
+    /// dead-lettered, never delivered).
     pub async fn settle(&self, name: &str, offset: u64, outcome: Outcome) -> Result<(), BusError> {
+        self.settle_many(name, vec![offset], outcome)
+            .await?
+            .pop()
+            .unwrap_or(Err(BusError::Closed))
+    }
+
+    /// [`Groups::settle`] for many offsets at once: one answer per offset,
+    /// in order, once the changes are durable.
+    pub async fn settle_many(
+        &self,
+        name: &str,
+        offsets: Vec<u64>,
+        outcome: Outcome,
+    ) -> Result<Vec<Result<(), BusError>>, BusError> {
         let h = self.handle(name).await?;
         self.ask(&h, |reply| Cmd::Settle {
-            offset,
+            offsets,
             outcome,
             reply,
         })
-        .await?
+        .await
     }
 
     /// The group's dead letters after `after`, oldest first.

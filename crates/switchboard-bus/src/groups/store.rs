@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use switchboard_core::{StorageError, UnixMillis};
 
 use super::GroupSpec;
-use crate::Event;
+use crate::{Event, NewEvent};
 
 /// A group as stored.
 #[derive(Debug, Clone)]
@@ -78,14 +78,21 @@ pub enum GroupOp {
         /// Why.
         error: String,
     },
-    /// Moved from pending to the dead letters.
-    Dead(DeadLetter),
+    /// Moved from pending to the dead letters, with the `system.alert`
+    /// event that announces it, appended to the log in the same
+    /// transaction.
+    Dead {
+        /// The dead letter.
+        letter: Box<DeadLetter>,
+        /// The alert.
+        alert: Box<NewEvent>,
+    },
     /// Moved from the dead letters back to pending.
     Revived {
         /// The event's offset.
         offset: u64,
         /// The copy the dead letter kept.
-        event: Event,
+        event: Box<Event>,
         /// Its partition key.
         key: Option<String>,
         /// When it is due.

@@ -136,6 +136,14 @@ async fn missed_acks_are_redelivered_then_dead_lettered_and_replayed() {
         "a dead letter is not delivered"
     );
 
+    // Announced on the bus, in the same transaction.
+    let alerts = hub.get_json("/api/v1/events?topic=system.alert&after=0").await;
+    let alert = &alerts["events"][0];
+    assert_eq!(alert["data"]["kind"], "dead_letter", "{alerts}");
+    assert_eq!(alert["data"]["group"], "billing");
+    assert_eq!(alert["data"]["offset"], offsets[0]);
+    assert_eq!(alert["data"]["last_error"], "boom 3");
+
     let page = hub.get_json("/api/v1/groups/billing/dead-letters").await;
     let dl = &page["dead_letters"][0];
     assert_eq!(dl["offset"], offsets[0]);
@@ -570,4 +578,85 @@ async fn bad_group_requests_are_refused_with_every_field_named() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let list = hub.get_json("/api/v1/groups").await;
     assert_eq!(list["groups"], json!([]));
+}
+
+#[tokio::test]
+async fn acknowledged_events_stay_acknowledged_after_kill_9() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = switchboard_test::HubProcess::spawn(crate::bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let client = switchboard_client::Client::new(&hub.url("")).expect("client");
+    let http = reqwest::Client::new();
+    let put = http
+        .put(hub.url("/api/v1/groups/crash"))
+        .json(&json!({"topics": ["crash.>"], "start": "earliest"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let events: Vec<Value> = (0..200)
+        .map(|i| json!({"topic": "crash.test", "data": {"i": i}}))
+        .collect();
+    let resp = http
+        .post(hub.url("/api/v1/events"))
+        .json(&events)
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    // Acknowledge 120 events in small rounds, leave 20 in flight, crash.
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < 120 {
+        let got = client
+            .pull("crash", 10, Duration::from_secs(5))
+            .await
+            .expect("pull");
+        let offsets: Vec<u64> = got.deliveries.iter().map(|d| d.offset).collect();
+        let done = client.ack("crash", &offsets).await.expect("ack");
+        assert_eq!(done.settled, offsets);
+        acked.extend(offsets);
+    }
+    let in_flight = client
+        .pull("crash", 20, Duration::from_secs(5))
+        .await
+        .expect("pull");
+    assert!(!in_flight.deliveries.is_empty());
+    hub.signal("-KILL").await.expect("kill");
+    drop(hub);
+
+    let hub = switchboard_test::HubProcess::spawn(crate::bin(), dir.path(), &[])
+        .await
+        .expect("respawn");
+    let client = switchboard_client::Client::new(&hub.url("")).expect("client");
+    let mut rest = std::collections::BTreeSet::new();
+    loop {
+        let got = client
+            .pull("crash", 100, Duration::from_millis(1500))
+            .await
+            .expect("pull");
+        if got.deliveries.is_empty() {
+            break;
+        }
+        let offsets: Vec<u64> = got.deliveries.iter().map(|d| d.offset).collect();
+        client.ack("crash", &offsets).await.expect("ack");
+        for o in offsets {
+            assert!(
+                !acked.contains(&o),
+                "offset {o} was acknowledged before the crash and came back"
+            );
+            assert!(
+                rest.insert(o),
+                "offset {o} delivered twice after the restart"
+            );
+        }
+    }
+    assert_eq!(
+        acked.len() + rest.len(),
+        200,
+        "every event delivered: {} + {}",
+        acked.len(),
+        rest.len()
+    );
 }

@@ -12,10 +12,11 @@ use switchboard_bus::groups::{
 };
 use switchboard_bus::{Event, Pattern};
 use switchboard_core::StorageError;
+use tokio::sync::watch;
 
 use super::SqliteStore;
 use super::batch::BatchWrite;
-use super::events::{COLUMNS, decode};
+use super::events::{COLUMNS, advance, decode, insert_events};
 use crate::{corrupt, storage_error};
 
 /// Rows per multi-row INSERT (7 bound values each).
@@ -128,6 +129,7 @@ impl GroupStore for SqliteStore {
                 ops,
             })
             .await
+            .map(|_| ())
     }
 
     async fn dead_letters(
@@ -205,18 +207,22 @@ pub(crate) struct GroupItem {
     ops: Vec<GroupOp>,
 }
 
-/// Applies consumer-group changes, many groups' rounds per commit.
-pub(crate) struct GroupWrite;
+/// Applies consumer-group changes, many groups' rounds per commit; moves
+/// the log's head when a change appended an event (an alert).
+pub(crate) struct GroupWrite {
+    pub(crate) head: watch::Sender<u64>,
+}
 
 impl BatchWrite for GroupWrite {
     type Item = GroupItem;
-    type Output = ();
+    type Output = u64;
 
     async fn write(
         &self,
         conn: &mut SqliteConnection,
         items: &[Self::Item],
-    ) -> Result<Vec<()>, StorageError> {
+    ) -> Result<Vec<u64>, StorageError> {
+        let mut appended = 0u64;
         for item in items {
             let mut acked: Vec<u64> = Vec::new();
             for op in &item.ops {
@@ -225,11 +231,17 @@ impl BatchWrite for GroupWrite {
                     continue;
                 }
                 delete_pending(conn, &item.group, &mut acked).await?;
-                apply_op(conn, &item.group, op).await?;
+                apply_op(conn, &item.group, op, &mut appended).await?;
             }
             delete_pending(conn, &item.group, &mut acked).await?;
         }
-        Ok(vec![(); items.len()])
+        Ok(vec![appended; items.len()])
+    }
+
+    fn committed(&self, outputs: &[u64]) {
+        if let Some(last) = outputs.iter().max() {
+            advance(&self.head, *last);
+        }
     }
 }
 
@@ -258,6 +270,7 @@ async fn apply_op(
     conn: &mut SqliteConnection,
     group: &str,
     op: &GroupOp,
+    appended: &mut u64,
 ) -> Result<(), StorageError> {
     let ctx = |e| storage_error("update consumer group", e);
     match op {
@@ -305,7 +318,7 @@ async fn apply_op(
             .await
             .map_err(ctx)?;
         }
-        GroupOp::Dead(d) => {
+        GroupOp::Dead { letter: d, alert } => {
             sqlx::query(
                 "INSERT OR REPLACE INTO dead_letters \
                  (group_name, seq, event, attempts, last_error, dead_at) \
@@ -321,6 +334,10 @@ async fn apply_op(
             .await
             .map_err(ctx)?;
             delete_pending(conn, group, &mut vec![d.offset]).await?;
+            let now = alert.time.unwrap_or(d.dead_at);
+            if let Some(seq) = insert_events(conn, &[&**alert], now).await?.last() {
+                *appended = (*appended).max(*seq);
+            }
         }
         GroupOp::Revived {
             offset,
