@@ -169,9 +169,7 @@ impl NewEvent {
             } else if name == ext::DELIVER_AT && deliver_at(value).is_none() {
                 errs.push(field, "must be an RFC 3339 time like 2026-01-15T12:00:00Z");
             } else if name == ext::DELAY_MS
-                && !value
-                    .as_i64()
-                    .is_some_and(|d| (0..=MAX_SCHEDULE_AHEAD_MS).contains(&d))
+                && !delay_ms(value).is_some_and(|d| (0..=MAX_SCHEDULE_AHEAD_MS).contains(&d))
             {
                 errs.push(
                     field,
@@ -196,7 +194,8 @@ impl NewEvent {
         if let Some(delay) = self
             .extensions
             .remove(ext::DELAY_MS)
-            .and_then(|v| v.as_i64())
+            .as_ref()
+            .and_then(delay_ms)
         {
             let at = now.saturating_add(delay);
             if let Some(t) = chrono::DateTime::from_timestamp_millis(at) {
@@ -214,6 +213,13 @@ impl NewEvent {
     pub fn extension(&self, name: &str) -> Option<&str> {
         self.extensions.get(name).and_then(Value::as_str)
     }
+}
+
+/// A delay in milliseconds: a number, or digits in a string (as binary
+/// mode's `ce-delayms` header and the CLI's `--ext` give it).
+fn delay_ms(v: &Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 fn deliver_at(v: &Value) -> Option<UnixMillis> {
