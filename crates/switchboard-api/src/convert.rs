@@ -246,6 +246,14 @@ pub(crate) fn binary_event(
     Ok(event)
 }
 
+/// A logged event's CloudEvents JSON text, rendered once per event however
+/// many subscribers it goes to.
+pub(crate) fn cloud_event_json(e: &bus::Event) -> std::sync::Arc<str> {
+    e.rendered.get_or_init(|| {
+        serde_json::to_string(&cloud_event(e.clone())).unwrap_or_else(|_| "{}".to_owned())
+    })
+}
+
 /// A logged event to its CloudEvents JSON form.
 pub(crate) fn cloud_event(e: bus::Event) -> wire::CloudEvent {
     wire::CloudEvent {

@@ -97,6 +97,37 @@ pub struct Event {
     pub data: Option<Value>,
     /// See [`NewEvent::extensions`].
     pub extensions: Map<String, Value>,
+    /// Its wire form, made once however many subscribers receive it.
+    pub rendered: Rendered,
+}
+
+/// A rendering of an event (its JSON on the wire), made on first use and
+/// shared by every holder of the event. Not part of the event's value:
+/// comparisons ignore it.
+#[derive(Clone, Default)]
+pub struct Rendered(std::sync::OnceLock<std::sync::Arc<str>>);
+
+impl Rendered {
+    /// The rendering, made by `render` the first time.
+    pub fn get_or_init(&self, render: impl FnOnce() -> String) -> std::sync::Arc<str> {
+        self.0.get_or_init(|| render().into()).clone()
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Rendered(..)"
+        } else {
+            "Rendered(-)"
+        })
+    }
 }
 
 fn check_attr(errs: &mut FieldErrors, field: String, value: &str) {

@@ -230,9 +230,8 @@ pub(crate) async fn stream(
         match sub.next().await {
             Ok(e) => {
                 let id = e.offset.to_string();
-                let body = serde_json::to_string(&convert::cloud_event((*e).clone()))
-                    .unwrap_or_else(|_| "{}".to_owned());
-                Some((Ok(SseEvent::default().id(id).data(body)), sub))
+                let body = convert::cloud_event_json(&e);
+                Some((Ok(SseEvent::default().id(id).data(&*body)), sub))
             }
             Err(error) => {
                 tracing::debug!(%error, "event stream ended");

@@ -520,13 +520,19 @@ impl Conn {
         let out = self.out.clone();
         let sub_id = id.clone();
         let task = tokio::spawn(async move {
+            // The event's JSON is rendered once and shared by every
+            // subscriber; only the frame around it is made here.
+            let head = format!(
+                r#"{{"op":"event","sub":{},"event":"#,
+                Value::String(sub_id)
+            );
             while let Ok(e) = sub.next().await {
-                let frame = json!({
-                    "op": "event",
-                    "sub": sub_id,
-                    "event": convert::cloud_event((*e).clone()),
-                });
-                if out.send(text(&frame)).await.is_err() {
+                let body = convert::cloud_event_json(&e);
+                let mut frame = String::with_capacity(head.len() + body.len() + 1);
+                frame.push_str(&head);
+                frame.push_str(&body);
+                frame.push('}');
+                if out.send(Message::Text(Utf8Bytes::from(frame))).await.is_err() {
                     break;
                 }
             }

@@ -175,6 +175,7 @@ impl BatchWrite for AppendWrite {
                     datacontenttype: e.datacontenttype.clone(),
                     data: e.data.clone(),
                     extensions: e.extensions.clone(),
+                    rendered: Default::default(),
                 },
             );
         }
@@ -306,5 +307,6 @@ pub(crate) fn decode(row: &SqliteRow) -> Result<Event, StorageError> {
         datacontenttype: row.try_get("datacontenttype").map_err(get)?,
         data,
         extensions,
+        rendered: Default::default(),
     })
 }

@@ -477,5 +477,6 @@ fn event_from_json(text: &str) -> Result<Event, StorageError> {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default(),
+        rendered: Default::default(),
     })
 }
