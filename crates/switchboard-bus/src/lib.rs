@@ -220,7 +220,15 @@ impl Bus {
     /// and id) is answered with the first one and not stored again. An
     /// event with a later `deliverat` (or a `delayms`) is held, durably,
     /// and appended when due; its answer says when.
-    pub async fn publish(&self, mut events: Vec<NewEvent>) -> Result<Vec<Accepted>, BusError> {
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Accepted>, BusError> {
+        self.submit(events).await?.await
+    }
+
+    /// [`Bus::publish`] in two steps: resolves once the events are checked
+    /// and queued (in order after every publish submitted before it, so a
+    /// publisher that submits one batch after another sees them logged in
+    /// that order); the future it gives resolves once they are durable.
+    pub async fn submit(&self, mut events: Vec<NewEvent>) -> Result<Publishing, BusError> {
         let mut errs = FieldErrors::new();
         if events.is_empty() {
             errs.push("events", "must hold at least one event");
@@ -261,8 +269,10 @@ impl Bus {
         errs.finish().map_err(BusError::Invalid)?;
         let window = i64::try_from(self.shared.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
         if due.iter().all(Option::is_none) {
-            let stored = self.log().append(events, window).await?;
-            return Ok(stored.into_iter().map(Accepted::Stored).collect());
+            let appending = self.log().enqueue(events, window).await?;
+            return Ok(Box::pin(async move {
+                Ok(appending.await?.into_iter().map(Accepted::Stored).collect())
+            }));
         }
         // Held and immediate events go to their places; answers keep the
         // order published.
@@ -278,19 +288,17 @@ impl Bus {
         }
         let mut held = self.log().schedule(later, later_due).await?.into_iter();
         self.shared.scheduled.notify_one();
-        let mut stored = if now_events.is_empty() {
-            Vec::new()
-        } else {
-            self.log().append(now_events, window).await?
-        }
-        .into_iter();
-        Ok(due
-            .iter()
-            .filter_map(|at| match at {
-                Some(_) => held.next().map(Accepted::Scheduled),
-                None => stored.next().map(Accepted::Stored),
-            })
-            .collect())
+        let appending = self.log().enqueue(now_events, window).await?;
+        Ok(Box::pin(async move {
+            let mut stored = appending.await?.into_iter();
+            Ok(due
+                .iter()
+                .filter_map(|at| match at {
+                    Some(_) => held.next().map(Accepted::Scheduled),
+                    None => stored.next().map(Accepted::Stored),
+                })
+                .collect())
+        }))
     }
 
     /// The worker that applies `BusConfig::retention`; run it once per hub.
@@ -417,6 +425,10 @@ pub(crate) fn matches(patterns: &[Pattern], filter: &Filter, e: &Event) -> bool 
     (patterns.is_empty() || patterns.iter().any(|p| p.matches(&e.topic)))
         && filter.matches(e.data.as_ref())
 }
+
+/// A publish submitted and not yet durable.
+pub type Publishing =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Accepted>, BusError>> + Send>>;
 
 /// What became of a published event.
 #[derive(Debug, Clone, PartialEq)]

@@ -34,6 +34,10 @@ impl Trimmed {
     }
 }
 
+/// An append queued and not yet durable.
+pub type Appending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Event>, StorageError>> + Send>>;
+
 /// An event held for later delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scheduled {
@@ -59,7 +63,18 @@ pub trait EventLog: Send + Sync + 'static {
         &self,
         events: Vec<NewEvent>,
         dedup_window_ms: i64,
-    ) -> Result<Vec<Event>, StorageError>;
+    ) -> Result<Vec<Event>, StorageError> {
+        self.enqueue(events, dedup_window_ms).await?.await
+    }
+
+    /// [`EventLog::append`] in two steps: resolves once the events are
+    /// queued, in order with every append queued before; the future it
+    /// gives resolves once they are durable.
+    async fn enqueue(
+        &self,
+        events: Vec<NewEvent>,
+        dedup_window_ms: i64,
+    ) -> Result<Appending, StorageError>;
 
     /// Holds events until their due times (`due[i]` for `events[i]`);
     /// resolves once they are durable. An event whose (source, id) is

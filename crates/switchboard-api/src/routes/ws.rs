@@ -36,10 +36,13 @@
 //! shutdown the hub closes every connection with 1001.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -47,7 +50,7 @@ use switchboard_bus::groups::{ConsumerSpec, Groups, Outcome};
 use switchboard_bus::{Bus, BusError, Filter, Pattern, Start, SubscriptionSpec};
 use switchboard_core::FieldErrors;
 use switchboard_wire::PublishEvent;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +62,18 @@ use crate::state::{ApiConfig, AppState};
 /// events cannot be written waits, fills its own buffer, and is then
 /// caught up from the log.
 const OUTBOUND: usize = 64;
+/// Frames read ahead of their answers (publishes waiting for a commit):
+/// a client may pipeline this many before the hub stops reading.
+const PIPELINE: usize = 256;
+
+/// An answer to a frame, possibly still being worked out.
+type Pending = Pin<Box<dyn Future<Output = Message> + Send>>;
+
+/// An answer already known (or none).
+fn now(msg: Option<Message>) -> Option<Pending> {
+    msg.map(|m| Box::pin(std::future::ready(m)) as Pending)
+}
+
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 64;
 
@@ -145,6 +160,9 @@ enum Request {
 
 struct Conn {
     bus: Bus,
+    /// Resolves when the last publish read from this connection has been
+    /// queued: the next one queues after it.
+    publish_order: Option<oneshot::Receiver<()>>,
     groups: Groups,
     out: mpsc::Sender<Message>,
     subs: HashMap<String, JoinHandle<()>>,
@@ -190,6 +208,7 @@ async fn connection(
     let (out, mut outbound) = mpsc::channel::<Message>(OUTBOUND);
     let mut conn = Conn {
         bus,
+        publish_order: None,
         groups,
         out,
         subs: HashMap::new(),
@@ -197,6 +216,7 @@ async fn connection(
     let beat = cfg.ws_heartbeat_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
     let mut last_heard = Instant::now();
+    let mut replies: FuturesOrdered<Pending> = FuturesOrdered::new();
     let close = |code, reason: &'static str| {
         Message::Close(Some(CloseFrame {
             code,
@@ -205,14 +225,19 @@ async fn connection(
     };
     loop {
         tokio::select! {
-            frame = stream.next() => {
+            // Answers go out in the order the frames came in.
+            Some(reply) = replies.next(), if !replies.is_empty() => {
+                if sink.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            // Reading stops while too many answers are outstanding.
+            frame = stream.next(), if replies.len() < PIPELINE => {
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(reply) = conn.handle(t.as_str()).await
-                            && sink.send(reply).await.is_err()
-                        {
-                            break;
+                        if let Some(reply) = conn.handle(t.as_str()).await {
+                            replies.push_back(reply);
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -254,7 +279,10 @@ async fn connection(
 }
 
 impl Conn {
-    async fn handle(&mut self, frame: &str) -> Option<Message> {
+    /// Answers one frame: `None` when there is nothing to say, otherwise
+    /// the answer, which may still be on its way (a publish waits for its
+    /// commit while the connection reads on).
+    async fn handle(&mut self, frame: &str) -> Option<Pending> {
         let req: Request = match serde_json::from_str(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -263,7 +291,7 @@ impl Conn {
                 } else {
                     "MALFORMED_JSON"
                 };
-                return Some(error_frame(None, code, &format!("{e}"), Value::Null));
+                return now(Some(error_frame(None, code, &format!("{e}"), Value::Null)));
             }
         };
         let reply = match req {
@@ -291,7 +319,7 @@ impl Conn {
                 reference,
                 event,
                 events,
-            } => self.publish(reference, event, events).await,
+            } => return Some(self.publish(reference, event, events)),
             Request::Consume {
                 id,
                 group,
@@ -302,7 +330,7 @@ impl Conn {
                 group,
                 offset,
                 offsets,
-            } => return self.settle(group, offset, offsets, Outcome::Ack),
+            } => return now(self.settle(group, offset, offsets, Outcome::Ack)),
             Request::Nack {
                 group,
                 offset,
@@ -312,13 +340,13 @@ impl Conn {
             } => {
                 let error = error.unwrap_or_else(|| "refused by the consumer".to_owned());
                 let delay = delay_ms.map(std::time::Duration::from_millis);
-                return self.settle(group, offset, offsets, Outcome::Nack { error, delay });
+                return now(self.settle(group, offset, offsets, Outcome::Nack { error, delay }));
             }
             Request::InProgress { group, offset } => {
-                return self.settle(group, Some(offset), None, Outcome::InProgress);
+                return now(self.settle(group, Some(offset), None, Outcome::InProgress));
             }
         };
-        Some(reply)
+        now(Some(reply))
     }
 
     async fn consume(
@@ -522,17 +550,18 @@ impl Conn {
         let task = tokio::spawn(async move {
             // The event's JSON is rendered once and shared by every
             // subscriber; only the frame around it is made here.
-            let head = format!(
-                r#"{{"op":"event","sub":{},"event":"#,
-                Value::String(sub_id)
-            );
+            let head = format!(r#"{{"op":"event","sub":{},"event":"#, Value::String(sub_id));
             while let Ok(e) = sub.next().await {
                 let body = convert::cloud_event_json(&e);
                 let mut frame = String::with_capacity(head.len() + body.len() + 1);
                 frame.push_str(&head);
                 frame.push_str(&body);
                 frame.push('}');
-                if out.send(Message::Text(Utf8Bytes::from(frame))).await.is_err() {
+                if out
+                    .send(Message::Text(Utf8Bytes::from(frame)))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -541,51 +570,77 @@ impl Conn {
         text(&json!({"op": "subscribed", "id": id}))
     }
 
-    async fn publish(
+    /// Checks a publish now; the answer comes once the events are durable.
+    fn publish(
         &mut self,
         reference: Option<String>,
         event: Option<PublishEvent>,
         events: Option<Vec<PublishEvent>>,
-    ) -> Message {
-        let r = reference.as_deref();
+    ) -> Pending {
+        match self.prepare_publish(reference.as_deref(), event, events) {
+            Err(refused) => Box::pin(std::future::ready(refused)),
+            Ok(converted) => {
+                // Queued now, in frame order; answered when durable.
+                let bus = self.bus.clone();
+                let (queued, in_order) = oneshot::channel::<()>();
+                let previous = self.publish_order.replace(in_order);
+                Box::pin(async move {
+                    let r = reference.as_deref();
+                    if let Some(prev) = previous {
+                        let _ = prev.await;
+                    }
+                    let submitted = bus.submit(converted).await;
+                    drop(queued);
+                    let published = match submitted {
+                        Ok(publishing) => publishing.await,
+                        Err(e) => Err(e),
+                    };
+                    match published {
+                        Ok(stored) => text(&json!({
+                            "op": "published",
+                            "ref": r,
+                            "events": stored.into_iter().map(convert::published).collect::<Vec<_>>(),
+                        })),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "publish over websocket failed");
+                            error_frame(
+                                r,
+                                "PUBLISH_FAILED",
+                                "the events could not be stored; try again",
+                                Value::Null,
+                            )
+                        }
+                    }
+                })
+            }
+        }
+    }
+
+    fn prepare_publish(
+        &self,
+        r: Option<&str>,
+        event: Option<PublishEvent>,
+        events: Option<Vec<PublishEvent>>,
+    ) -> Result<Vec<switchboard_bus::NewEvent>, Message> {
         let given = match (event, events) {
             (Some(e), None) => vec![e],
             (None, Some(es)) => es,
             _ => {
-                return error_frame(
+                return Err(error_frame(
                     r,
                     "VALIDATION_FAILED",
                     "give event or events",
                     json!([{"field": "event", "reason": "give event or events, not both or neither"}]),
-                );
+                ));
             }
         };
-        let converted = match convert::publish_batch(given) {
-            Ok(events) => events,
-            Err(errors) => {
-                return error_frame(
-                    r,
-                    "VALIDATION_FAILED",
-                    "the events were refused; none was published",
-                    field_errors(&errors),
-                );
-            }
-        };
-        match self.bus.publish(converted).await {
-            Ok(stored) => text(&json!({
-                "op": "published",
-                "ref": r,
-                "events": stored.into_iter().map(convert::published).collect::<Vec<_>>(),
-            })),
-            Err(e) => {
-                tracing::warn!(error = %e, "publish over websocket failed");
-                error_frame(
-                    r,
-                    "PUBLISH_FAILED",
-                    "the events could not be stored; try again",
-                    Value::Null,
-                )
-            }
-        }
+        convert::publish_batch(given).map_err(|errors| {
+            error_frame(
+                r,
+                "VALIDATION_FAILED",
+                "the events were refused; none was published",
+                field_errors(&errors),
+            )
+        })
     }
 }

@@ -137,7 +137,9 @@ async fn missed_acks_are_redelivered_then_dead_lettered_and_replayed() {
     );
 
     // Announced on the bus, in the same transaction.
-    let alerts = hub.get_json("/api/v1/events?topic=system.alert&after=0").await;
+    let alerts = hub
+        .get_json("/api/v1/events?topic=system.alert&after=0")
+        .await;
     let alert = &alerts["events"][0];
     assert_eq!(alert["data"]["kind"], "dead_letter", "{alerts}");
     assert_eq!(alert["data"]["group"], "billing");

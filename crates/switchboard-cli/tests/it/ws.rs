@@ -275,3 +275,40 @@ async fn silent_clients_are_closed_and_shutdown_closes_everyone() {
         Some((CloseCode::Away, "the hub is shutting down".to_owned()))
     );
 }
+
+#[tokio::test]
+async fn pipelined_publishes_are_answered_in_order() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut ws = connect(&hub).await;
+    for i in 0..300 {
+        send(&mut ws, json!({"op": "publish", "ref": format!("r{i}"), "event": {"topic": "pipe.line", "data": {"i": i}}})).await;
+    }
+    send(&mut ws, json!({"op": "ping"})).await;
+    let mut last = 0;
+    for i in 0..300 {
+        let f = recv(&mut ws).await;
+        assert_eq!(
+            (f["op"].clone(), f["ref"].clone()),
+            (json!("published"), json!(format!("r{i}"))),
+            "{f}"
+        );
+        let offset = f["events"][0]["offset"].as_u64().expect("offset");
+        assert!(offset > last, "offsets in publish order");
+        last = offset;
+    }
+    assert_eq!(
+        recv(&mut ws).await["op"],
+        "pong",
+        "answers keep the order of the frames"
+    );
+    let page = hub
+        .get_json("/api/v1/events?topic=pipe.line&after=0&limit=1000")
+        .await;
+    let got: Vec<i64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["data"]["i"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(got, (0..300).collect::<Vec<_>>());
+}

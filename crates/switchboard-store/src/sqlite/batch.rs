@@ -77,11 +77,24 @@ impl<W: BatchWrite> Batcher<W> {
 
     /// Writes one item; resolves after it is committed.
     pub(crate) async fn write(&self, item: W::Item) -> Result<W::Output, StorageError> {
-        let closed = || StorageError::new(StorageErrorKind::Unavailable, "the store is closed");
+        self.enqueue(item).await?.await
+    }
+
+    /// Queues one item; the returned future resolves after it is
+    /// committed. Items queued one after another are written in that
+    /// order.
+    pub(crate) async fn enqueue(
+        &self,
+        item: W::Item,
+    ) -> Result<impl Future<Output = Result<W::Output, StorageError>> + use<W>, StorageError> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((item, reply)).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        Ok(async move { answer.await.map_err(|_| closed())? })
     }
+}
+
+fn closed() -> StorageError {
+    StorageError::new(StorageErrorKind::Unavailable, "the store is closed")
 }
 
 async fn run<W: BatchWrite>(writer: SqlitePool, kind: W, mut rx: mpsc::Receiver<Pending<W>>) {

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use switchboard_bus::log::Appending;
 use switchboard_bus::{Event, EventLog, NewEvent, Pattern, ReadFrom, Scheduled, Trimmed};
 use switchboard_core::{Clock, StorageError, UnixMillis};
 use tokio::sync::watch;
@@ -23,21 +24,23 @@ pub(crate) const COLUMNS: &str =
 
 #[async_trait]
 impl EventLog for SqliteStore {
-    async fn append(
+    async fn enqueue(
         &self,
         events: Vec<NewEvent>,
         dedup_window_ms: i64,
-    ) -> Result<Vec<Event>, StorageError> {
+    ) -> Result<Appending, StorageError> {
         if events.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Box::pin(std::future::ready(Ok(Vec::new()))));
         }
         // Group committed with every other append waiting.
-        self.appends
-            .write(AppendItem {
+        let committed = self
+            .appends
+            .enqueue(AppendItem {
                 events,
                 dedup_window_ms,
             })
-            .await
+            .await?;
+        Ok(Box::pin(committed))
     }
 
     async fn schedule(
