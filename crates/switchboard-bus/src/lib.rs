@@ -508,6 +508,17 @@ impl Dispatcher {
                     cursor = target;
                     break;
                 }
+                // Fresh appends are usually still in memory; anything else
+                // (outbox events, a long stretch) is read from the log.
+                if let Some(events) = bus.log().recent(cursor, MAX_READ as usize)
+                    && !events.is_empty()
+                {
+                    for e in events {
+                        cursor = e.offset;
+                        bus.fan_out(&e, &mut keys);
+                    }
+                    continue;
+                }
                 match bus.log().read(ReadFrom::After(cursor), MAX_READ).await {
                     Ok(events) if events.is_empty() => break,
                     Ok(events) => {

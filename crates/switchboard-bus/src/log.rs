@@ -108,6 +108,13 @@ pub trait EventLog: Send + Sync + 'static {
     /// Up to `limit` events from `from`, in offset order.
     async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError>;
 
+    /// The events right after `after` (at most `limit`, in order, without
+    /// a gap), if the log still holds them in memory; `None` sends the
+    /// caller to [`EventLog::read`].
+    fn recent(&self, _after: u64, _limit: usize) -> Option<Vec<std::sync::Arc<Event>>> {
+        None
+    }
+
     /// The offset of the last durable event (0 when the log is empty),
     /// updated after every commit that appends, whoever appended.
     fn head(&self) -> watch::Receiver<u64>;

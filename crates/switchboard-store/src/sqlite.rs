@@ -28,7 +28,7 @@ mod schedule;
 
 use agents::LivenessWrite;
 use batch::Batcher;
-use events::AppendWrite;
+use events::{AppendWrite, Recent};
 use groups::GroupWrite;
 
 /// The name of the database file under the data directory.
@@ -95,6 +95,8 @@ pub struct SqliteStore {
     group_writes: Batcher<GroupWrite>,
     /// The last durable event's sequence number.
     head: watch::Sender<u64>,
+    /// The latest appended events.
+    recent: Recent,
     reader: SqlitePool,
     /// One connection that copies the WAL into the database file.
     checkpoints: SqlitePool,
@@ -183,6 +185,7 @@ impl SqliteStore {
             .map_err(|e| storage_error("open the log", e))?;
         let (head, _) = watch::channel(events::last_seq(&mut conn).await?);
         drop(conn);
+        let recent = Recent::default();
         let stop = CancellationToken::new();
         tokio::spawn(checkpointer(checkpoints.clone(), stop.clone()));
         tracing::info!(path = %path.display(), "store opened");
@@ -199,8 +202,10 @@ impl SqliteStore {
                 AppendWrite {
                     clock: config.clock.clone(),
                     head: head.clone(),
+                    recent: recent.clone(),
                 },
             ),
+            recent,
             group_writes: Batcher::start(writer.clone(), GroupWrite { head: head.clone() }),
             head,
             writer,

@@ -1,5 +1,8 @@
 //! `EventLog` for SQLite.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
@@ -93,6 +96,10 @@ impl EventLog for SqliteStore {
         rows.iter().map(decode).collect()
     }
 
+    fn recent(&self, after: u64, limit: usize) -> Option<Vec<Arc<Event>>> {
+        self.recent.after(after, limit)
+    }
+
     fn head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }
@@ -111,6 +118,47 @@ pub(crate) struct AppendItem {
 pub(crate) struct AppendWrite {
     pub(crate) clock: Clock,
     pub(crate) head: watch::Sender<u64>,
+    pub(crate) recent: Recent,
+}
+
+/// The latest appended events, kept in memory so the dispatcher need not
+/// read back what was just written. Bounded; may have gaps (events other
+/// writers append are not kept), which readers detect.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Recent(Arc<Mutex<VecDeque<Arc<Event>>>>);
+
+/// Events kept in [`Recent`].
+const RECENT: usize = 4096;
+
+impl Recent {
+    fn push(&self, events: impl Iterator<Item = Event>) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            if q.back().is_some_and(|b| b.offset >= e.offset) {
+                continue;
+            }
+            if q.len() == RECENT {
+                q.pop_front();
+            }
+            q.push_back(Arc::new(e));
+        }
+    }
+
+    fn after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Event>>> {
+        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let start = q.partition_point(|e| e.offset <= after);
+        let first = q.get(start)?;
+        if first.offset != after + 1 {
+            return None;
+        }
+        let out = (after + 1..)
+            .zip(q.range(start..))
+            .take(limit)
+            .take_while(|(want, e)| e.offset == *want)
+            .map(|(_, e)| e.clone())
+            .collect();
+        Some(out)
+    }
 }
 
 impl BatchWrite for AppendWrite {
@@ -198,6 +246,10 @@ impl BatchWrite for AppendWrite {
     }
 
     fn committed(&self, outputs: &[Vec<Event>]) {
+        let mut fresh: Vec<&Event> = outputs.iter().flatten().collect();
+        fresh.sort_by_key(|e| e.offset);
+        fresh.dedup_by_key(|e| e.offset);
+        self.recent.push(fresh.into_iter().cloned());
         if let Some(last) = outputs.iter().flatten().map(|e| e.offset).max() {
             advance(&self.head, last);
         }
@@ -312,4 +364,55 @@ pub(crate) fn decode(row: &SqliteRow) -> Result<Event, StorageError> {
         extensions,
         rendered: Default::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(offset: u64) -> Event {
+        Event {
+            offset,
+            id: offset.to_string(),
+            source: "/t".into(),
+            event_type: "t".into(),
+            topic: "t".into(),
+            subject: None,
+            time: 0,
+            datacontenttype: "application/json".into(),
+            data: None,
+            extensions: Map::new(),
+            rendered: Default::default(),
+        }
+    }
+
+    fn offsets(got: Option<Vec<Arc<Event>>>) -> Option<Vec<u64>> {
+        got.map(|v| v.iter().map(|e| e.offset).collect())
+    }
+
+    #[test]
+    fn recent_answers_only_contiguous_runs() {
+        let r = Recent::default();
+        r.push([1, 2, 3, 5, 6].into_iter().map(event));
+        r.push([6, 4].into_iter().map(event)); // repeats and older ones are ignored
+        assert_eq!(
+            offsets(r.after(0, 10)),
+            Some(vec![1, 2, 3]),
+            "stops at the gap"
+        );
+        assert_eq!(offsets(r.after(1, 1)), Some(vec![2]), "limit");
+        assert_eq!(
+            offsets(r.after(3, 10)),
+            None,
+            "4 was never kept: read the log"
+        );
+        assert_eq!(offsets(r.after(4, 10)), Some(vec![5, 6]));
+        assert_eq!(offsets(r.after(6, 10)), None, "nothing newer");
+        r.push((7..7 + RECENT as u64).map(event));
+        assert_eq!(offsets(r.after(0, 10)), None, "evicted");
+        assert_eq!(
+            offsets(r.after(7 + RECENT as u64 - 3, 10)).map(|v| v.len()),
+            Some(2)
+        );
+    }
 }
