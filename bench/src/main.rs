@@ -6,6 +6,9 @@
 //! - `hub`: starts the `switchboard` binary as a child process.
 //! - `load`: the HTTP load generator (open loop at a fixed rate, or closed
 //!   loop at full speed) with latency histograms.
+//! - `peers`: NATS and Redis servers from the machine's packages.
+//! - `payload`: the timestamped payload of `pubsub` and `durable`.
+//! - `hubws`: the hub's WebSocket protocol, client side.
 //! - `scenarios/*`: one module per scenario.
 //!
 //! Load only ever targets 127.0.0.1, and every phase is bounded in time.
@@ -17,7 +20,9 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
 mod hub;
+mod hubws;
 mod load;
+mod payload;
 mod peers;
 mod report;
 mod scenarios;
@@ -39,7 +44,8 @@ struct Args {
     /// Where to write the Markdown report (also printed).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Seconds each measured phase runs (default: 10, smoke: 1).
+    /// Seconds each measured phase runs (default: 10; smoke: 1, and 0.3
+    /// for `pubsub` and `durable`).
     #[arg(long)]
     seconds: Option<u64>,
     /// Runs of each scenario, each on a fresh hub; figures are medians
@@ -64,6 +70,12 @@ enum Scenario {
     Registry,
     /// Many WebSocket subscribers held open, then one broadcast.
     WsConnections,
+    /// Live delivery, one publisher to 1 and 100 subscribers, against NATS
+    /// core and Redis pub/sub.
+    Pubsub,
+    /// Durable acknowledged publishes, against NATS JetStream (file
+    /// storage).
+    Durable,
 }
 
 /// What every scenario is given.
@@ -104,6 +116,12 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::All | Scenario::WsConnections) {
             sections.push(scenarios::ws_connections::run(&settings).await?);
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::Pubsub) {
+            sections.push(scenarios::pubsub::run(&settings).await?);
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::Durable) {
+            sections.push(scenarios::durable::run(&settings).await?);
         }
         anyhow::Ok(())
     })?;

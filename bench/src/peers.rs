@@ -83,6 +83,31 @@ pub(crate) async fn nats() -> anyhow::Result<(Peer, SocketAddr, SocketAddr)> {
     ))
 }
 
+/// `nats-server` with JetStream on, storing in files under its scratch
+/// directory (`-js -sd DIR`): (peer, client address).
+pub(crate) async fn jetstream() -> anyhow::Result<(Peer, SocketAddr)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.path().join("jetstream"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start nats-server")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr).await?;
+    Ok((
+        Peer {
+            name: "NATS JetStream (file storage)",
+            child,
+            _dir: dir,
+        },
+        addr,
+    ))
+}
+
 /// `redis-server` with nothing on disk and room for `clients`.
 pub(crate) async fn redis(clients: usize) -> anyhow::Result<(Peer, SocketAddr)> {
     let dir = tempfile::tempdir()?;

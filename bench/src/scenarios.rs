@@ -1,4 +1,6 @@
 //! One module per scenario; each returns its report section.
 
+pub(crate) mod durable;
+pub(crate) mod pubsub;
 pub(crate) mod registry;
 pub(crate) mod ws_connections;
