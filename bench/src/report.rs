@@ -68,11 +68,7 @@ impl Figures {
 
     /// Each figure's median over runs (errors are summed).
     pub(crate) fn median(runs: &[Figures]) -> Figures {
-        let med = |f: fn(&Figures) -> f64| {
-            let mut v: Vec<f64> = runs.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
+        let med = |f: fn(&Figures) -> f64| median_of(runs, f);
         Figures {
             rate: med(|f| f.rate),
             p50_ms: med(|f| f.p50_ms),
@@ -81,4 +77,11 @@ impl Figures {
             errors: runs.iter().map(|f| f.errors).sum(),
         }
     }
+}
+
+/// The median of one figure over runs (0 when there are none).
+pub(crate) fn median_of<T>(runs: &[T], figure: impl Fn(&T) -> f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(figure).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

@@ -123,11 +123,7 @@ struct Row {
 
 impl Row {
     fn median(runs: &[Row]) -> Row {
-        let med = |f: fn(&Row) -> f64| {
-            let mut v: Vec<f64> = runs.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
+        let med = |f: fn(&Row) -> f64| crate::report::median_of(runs, f);
         Row {
             rate: med(|r| r.rate),
             p50_ms: med(|r| r.p50_ms),

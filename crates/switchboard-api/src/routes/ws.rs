@@ -349,17 +349,11 @@ impl Conn {
         now(Some(reply))
     }
 
-    async fn consume(
-        &mut self,
-        id: String,
-        group: String,
-        max_in_flight: Option<u32>,
-        priority: Option<i32>,
-    ) -> Message {
-        let mut errs = FieldErrors::new();
+    /// A new subscription's (or consumer's) id must be usable and free.
+    fn check_sub_id(&self, id: &str, errs: &mut FieldErrors) {
         if id.is_empty() || id.len() > 128 {
             errs.push("id", "must be 1 to 128 characters");
-        } else if self.subs.contains_key(&id) {
+        } else if self.subs.contains_key(id) {
             errs.push("id", "is already a subscription on this connection");
         }
         if self.subs.len() >= MAX_SUBSCRIPTIONS {
@@ -368,6 +362,17 @@ impl Conn {
                 format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
             );
         }
+    }
+
+    async fn consume(
+        &mut self,
+        id: String,
+        group: String,
+        max_in_flight: Option<u32>,
+        priority: Option<i32>,
+    ) -> Message {
+        let mut errs = FieldErrors::new();
+        self.check_sub_id(&id, &mut errs);
         if let Err(errors) = errs.finish() {
             return error_frame(
                 Some(&id),
@@ -494,17 +499,7 @@ impl Conn {
         from_time: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Message {
         let mut errs = FieldErrors::new();
-        if id.is_empty() || id.len() > 128 {
-            errs.push("id", "must be 1 to 128 characters");
-        } else if self.subs.contains_key(&id) {
-            errs.push("id", "is already a subscription on this connection");
-        }
-        if self.subs.len() >= MAX_SUBSCRIPTIONS {
-            errs.push(
-                "id",
-                format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
-            );
-        }
+        self.check_sub_id(&id, &mut errs);
         let mut patterns = Vec::new();
         for (i, t) in topics.iter().enumerate() {
             match Pattern::parse(t) {
