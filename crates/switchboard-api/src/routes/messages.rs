@@ -267,21 +267,13 @@ async fn least_loaded(state: &AppState, agent_type: &str) -> Result<String, ApiE
     let load = |a: &switchboard_registry::Agent| {
         f64::from(a.current_tasks) / f64::from(a.max_concurrent_tasks.unwrap_or(1).max(1))
     };
-    let best = page.agents.iter().map(|a| (load(a), a)).fold(
-        None::<(f64, Vec<&switchboard_registry::Agent>)>,
-        |acc, (l, a)| match acc {
-            Some((bl, mut v)) if (l - bl).abs() < f64::EPSILON => {
-                v.push(a);
-                Some((bl, v))
-            }
-            Some((bl, v)) if bl < l => Some((bl, v)),
-            _ => Some((l, vec![a])),
-        },
-    );
-    match best {
-        Some((_, ties)) if !ties.is_empty() => Ok(ties[fastrand::usize(..ties.len())].id.clone()),
-        _ => Err(unavailable(format!(
+    let least = page.agents.iter().map(load).fold(f64::INFINITY, f64::min);
+    let ties: Vec<&switchboard_registry::Agent> =
+        page.agents.iter().filter(|a| load(a) <= least).collect();
+    if ties.is_empty() {
+        return Err(unavailable(format!(
             "no live agent of type {agent_type} is registered"
-        ))),
+        )));
     }
+    Ok(ties[fastrand::usize(..ties.len())].id.clone())
 }

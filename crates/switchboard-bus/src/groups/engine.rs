@@ -580,7 +580,7 @@ impl Engine {
         }
         let deadline = now + ms(self.spec.ack_wait);
         for offset in ready {
-            if !self.hand_out(offset, now, deadline) {
+            if !self.hand_out(offset, deadline) {
                 break;
             }
         }
@@ -588,7 +588,7 @@ impl Engine {
 
     /// Gives one event to the best consumer with room; false when none
     /// has room.
-    fn hand_out(&mut self, offset: u64, now: UnixMillis, deadline: UnixMillis) -> bool {
+    fn hand_out(&mut self, offset: u64, deadline: UnixMillis) -> bool {
         loop {
             let Some(cid) = self
                 .consumers
@@ -638,7 +638,6 @@ impl Engine {
                     slot.in_flight = slot.spec.max_in_flight;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    let _ = now;
                     self.detach(cid, true);
                 }
             }
