@@ -76,6 +76,8 @@ enum Scenario {
     /// Durable acknowledged publishes, against NATS JetStream (file
     /// storage).
     Durable,
+    /// Tasks end to end: create, claim, complete.
+    Tasks,
 }
 
 /// What every scenario is given.
@@ -122,6 +124,9 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::All | Scenario::Durable) {
             sections.push(scenarios::durable::run(&settings).await?);
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::Tasks) {
+            sections.push(scenarios::tasks::run(&settings).await?);
         }
         anyhow::Ok(())
     })?;

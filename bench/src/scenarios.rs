@@ -3,4 +3,5 @@
 pub(crate) mod durable;
 pub(crate) mod pubsub;
 pub(crate) mod registry;
+pub(crate) mod tasks;
 pub(crate) mod ws_connections;

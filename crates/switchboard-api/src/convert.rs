@@ -1,5 +1,7 @@
 //! Domain types to wire types and back, by hand.
 
+pub(crate) mod tasks;
+
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};

@@ -221,3 +221,78 @@ impl From<RegistryError> for ApiError {
         }
     }
 }
+
+impl From<switchboard_tasks::TaskError> for ApiError {
+    fn from(e: switchboard_tasks::TaskError) -> Self {
+        use switchboard_tasks::TaskError as E;
+        let message = e.to_string();
+        match e {
+            E::Invalid(fields) => Self::validation(fields),
+            E::TaskNotFound(id) => Self::new(StatusCode::NOT_FOUND, "TASK_NOT_FOUND", message)
+                .with_details(json!({ "task_id": id })),
+            E::WorkflowNotFound(id) => {
+                Self::new(StatusCode::NOT_FOUND, "WORKFLOW_NOT_FOUND", message)
+                    .with_details(json!({ "workflow_id": id }))
+            }
+            E::AgentNotFound(id) => Self::new(StatusCode::NOT_FOUND, "AGENT_NOT_FOUND", message)
+                .with_details(json!({ "agent_id": id })),
+            E::AgentUnavailable { id, status } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "AGENT_UNAVAILABLE",
+                message,
+            )
+            .with_details(json!({ "agent_id": id, "status": status }))
+            .with_retry_after(1),
+            E::InvalidTransition {
+                id,
+                status,
+                attempted,
+            } => Self::new(StatusCode::CONFLICT, "INVALID_TRANSITION", message).with_details(
+                json!({ "task_id": id, "status": status.as_str(), "attempted": attempted }),
+            ),
+            E::WorkflowEnded { id, status } => {
+                Self::new(StatusCode::CONFLICT, "INVALID_TRANSITION", message)
+                    .with_details(json!({ "workflow_id": id, "status": status.as_str() }))
+            }
+            E::NotHolder {
+                id,
+                holder,
+                attempt,
+            } => Self::new(StatusCode::CONFLICT, "LEASE_LOST", message)
+                .with_details(json!({ "task_id": id, "agent_id": holder, "attempt": attempt })),
+            E::Exists { kind, id } => {
+                let code = if kind == "task" {
+                    "TASK_EXISTS"
+                } else {
+                    "WORKFLOW_EXISTS"
+                };
+                Self::new(StatusCode::CONFLICT, code, message).with_details(json!({ "id": id }))
+            }
+            E::KeyReused { kind, key, id } => {
+                Self::new(StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT", message)
+                    .with_details(json!({ "idempotency_key": key, "kind": kind, "id": id }))
+            }
+            E::DependencyNotMet { dependency, status } => Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                "DEPENDENCY_NOT_MET",
+                message,
+            )
+            .with_details(json!({ "dependency": dependency, "status": status.as_str() })),
+            E::Cycle(stages) => Self::new(StatusCode::BAD_REQUEST, "WORKFLOW_CYCLE", message)
+                .with_details(json!({ "cycle": stages })),
+            E::Storage(s) if s.is_retryable() => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "the store is busy or unavailable; try again",
+            )
+            .with_retry_after(1),
+            E::Storage(s) => Self::internal(s.to_string()),
+            E::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SHUTTING_DOWN",
+                "the hub is shutting down",
+            )
+            .with_retry_after(1),
+        }
+    }
+}

@@ -34,7 +34,7 @@ pub use context::CORRELATION_ID;
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks};
 
-use routes::{agents, events, groups, messages, system, ws};
+use routes::{agents, events, groups, messages, system, tasks, workflows, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,6 +48,8 @@ use routes::{agents, events, groups, messages, system, ws};
         (name = "events", description = "The event bus: publish, read the log, stream"),
         (name = "groups", description = "Consumer groups: durable subscriptions, acknowledgements, dead letters"),
         (name = "messages", description = "Direct messages and request-response between agents"),
+        (name = "tasks", description = "The task queue: create, claim, report, cancel"),
+        (name = "workflows", description = "Workflows: DAGs of stages with failure strategies and compensation"),
         (name = "system", description = "Health, readiness, metrics, this document"),
     ),
     components(schemas(switchboard_wire::Problem))
@@ -82,6 +84,16 @@ fn route_table() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::purge_dead_letters))
         .routes(routes!(messages::send))
         .routes(routes!(messages::request))
+        .routes(routes!(tasks::create_task, tasks::list_tasks))
+        .routes(routes!(tasks::claim_tasks))
+        .routes(routes!(tasks::get_task, tasks::update_task))
+        .routes(routes!(tasks::cancel_task))
+        .routes(routes!(
+            workflows::create_workflow,
+            workflows::list_workflows
+        ))
+        .routes(routes!(workflows::get_workflow))
+        .routes(routes!(workflows::cancel_workflow))
         .routes(routes!(ws::upgrade))
 }
 

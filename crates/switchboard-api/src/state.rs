@@ -8,6 +8,7 @@ use switchboard_bus::Bus;
 use switchboard_bus::groups::Groups;
 use switchboard_core::Readiness;
 use switchboard_registry::Registry;
+use switchboard_tasks::Tasks;
 use switchboard_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +57,8 @@ pub struct AppState {
     pub bus: Bus,
     /// The consumer groups.
     pub groups: Groups,
+    /// The task queue and workflows.
+    pub tasks: Tasks,
     /// The metrics.
     pub metrics: Metrics,
     /// Readiness checks.

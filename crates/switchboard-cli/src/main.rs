@@ -14,6 +14,8 @@ mod groups;
 mod messages;
 mod output;
 mod serve;
+mod tasks;
+mod workflows;
 
 /// Exit code for a bad configuration or usage (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -66,6 +68,12 @@ enum Command {
     /// Inspect, replay and purge a consumer group's dead letters.
     #[command(subcommand)]
     Dlq(groups::DlqCommand),
+    /// Create, list, inspect and cancel tasks; claim and report as an agent.
+    #[command(subcommand)]
+    Tasks(tasks::TasksCommand),
+    /// Create, list, inspect, cancel and watch workflows.
+    #[command(subcommand)]
+    Workflows(workflows::WorkflowsCommand),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +99,8 @@ fn main() -> ExitCode {
             Command::Send(args) => messages::send(&cli.hub, cli.json, args).await,
             Command::Request(args) => messages::request(&cli.hub, cli.json, args).await,
             Command::Dlq(cmd) => groups::dlq(&cli.hub, cli.json, cmd).await,
+            Command::Tasks(cmd) => tasks::run(&cli.hub, cli.json, cmd).await,
+            Command::Workflows(cmd) => workflows::run(&cli.hub, cli.json, cmd).await,
         }
     });
     match result {

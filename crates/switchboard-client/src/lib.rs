@@ -23,6 +23,10 @@ use switchboard_wire::{
 };
 use url::Url;
 
+mod tasks;
+
+pub use tasks::{TaskListQuery, WorkflowListQuery};
+
 /// What can go wrong talking to a hub.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -162,7 +166,7 @@ impl Client {
             })
     }
 
-    async fn send<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -602,7 +606,7 @@ impl Client {
 }
 
 /// Percent-encodes one path segment.
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")

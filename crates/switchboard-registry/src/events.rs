@@ -3,7 +3,7 @@
 //!
 //! | topic (= type) | when | data |
 //! |---|---|---|
-//! | `agent.registered` | a registration, new or repeated | the agent's identity, `new` |
+//! | `agent.registered` | a registration, new or repeated | the agent's identity and capacity, `new` |
 //! | `agent.status_changed` | any change of status | `agent_id`, `from`, `to` |
 //! | `agent.removed` | a removal | `agent_id` |
 //!
@@ -30,6 +30,7 @@ pub(crate) fn registered(agent: &Agent, new: bool) -> Vec<NewEvent> {
             "name": agent.name,
             "version": agent.version,
             "capabilities": agent.capabilities,
+            "max_concurrent_tasks": agent.max_concurrent_tasks,
             "endpoint": agent.endpoint,
             "status": agent.status.as_str(),
             "new": new,

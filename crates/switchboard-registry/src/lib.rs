@@ -238,6 +238,12 @@ impl Registry {
         })
     }
 
+    /// An agent's liveness as the hub knows it now (from memory, no IO):
+    /// status, reported load and last heartbeat.
+    pub fn liveness(&self, id: &str) -> Option<Liveness> {
+        self.live().get(id)
+    }
+
     /// The agent with its latest liveness.
     fn with_live(&self, mut agent: Agent) -> Agent {
         if let Some(live) = self.live().get(&agent.id) {

@@ -15,6 +15,7 @@ use switchboard_bus::BusConfig;
 use switchboard_core::FieldError;
 use switchboard_registry::RegistryConfig;
 use switchboard_store::{SqliteConfig, Synchronous};
+use switchboard_tasks::TasksConfig;
 
 use crate::ServerError;
 
@@ -38,6 +39,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Event bus settings.
     pub bus: BusConfig,
+    /// Task queue settings.
+    pub tasks: TasksConfig,
     /// Durability of the embedded store.
     pub synchronous: Synchronous,
 }
@@ -53,6 +56,7 @@ impl Default for Config {
             http: ApiConfig::default(),
             registry: RegistryConfig::default(),
             bus: BusConfig::default(),
+            tasks: TasksConfig::default(),
             synchronous: Synchronous::Normal,
         }
     }
@@ -87,6 +91,16 @@ struct FileConfig {
     store: FileStore,
     #[serde(default)]
     bus: FileBus,
+    #[serde(default)]
+    tasks: FileTasks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTasks {
+    #[serde(default, with = "humantime_serde")]
+    lease: Option<Duration>,
+    default_agent_capacity: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,7 +296,16 @@ impl Config {
                 Err(reason) => errs.push(FieldError::new("store.synchronous", reason)),
             }
         }
+        if let Some(l) = f.tasks.lease {
+            c.tasks.lease = l;
+        }
+        if let Some(n) = f.tasks.default_agent_capacity {
+            c.tasks.default_agent_capacity = n;
+        }
         if let Err(mut e) = c.registry.validate() {
+            errs.append(&mut e);
+        }
+        if let Err(mut e) = c.tasks.validate() {
             errs.append(&mut e);
         }
         if errs.is_empty() {

@@ -20,6 +20,7 @@ use switchboard_bus::groups::Groups;
 use switchboard_core::{Clock, FieldError, StorageError};
 use switchboard_registry::Registry;
 use switchboard_store::SqliteStore;
+use switchboard_tasks::{Engine, Tasks};
 use switchboard_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,7 @@ pub struct Hub {
     config: Config,
     store: SqliteStore,
     state: AppState,
+    engine: Engine,
 }
 
 impl Hub {
@@ -74,7 +76,17 @@ impl Hub {
         )
         .await
         .map_err(|e| ServerError::Registry(format!("consumer groups: {e}")))?;
+        let (tasks, engine) = Tasks::open(
+            Arc::new(store.clone()),
+            registry.clone(),
+            bus.clone(),
+            config.tasks.clone(),
+            Clock::system(),
+        )
+        .await
+        .map_err(|e| ServerError::Registry(format!("tasks: {e}")))?;
         let state = AppState {
+            tasks,
             shutdown,
             registry,
             bus,
@@ -87,6 +99,7 @@ impl Hub {
             config,
             store,
             state,
+            engine,
         })
     }
 
@@ -109,6 +122,10 @@ impl Hub {
         tracker.spawn(self.state.bus.dispatcher().run(token.child_token()));
         tracker.spawn(self.state.bus.scheduler().run(token.child_token()));
         tracker.spawn(self.state.bus.retainer().run(token.child_token()));
+        // The task engine serves requests until the server has drained
+        // (so none in flight is refused), then stops.
+        let engine_stop = CancellationToken::new();
+        tracker.spawn(self.engine.run(token.child_token(), engine_stop.clone()));
         {
             let token = token.clone();
             tokio::spawn(async move {
@@ -138,6 +155,7 @@ impl Hub {
             }
         };
         token.cancel();
+        engine_stop.cancel();
         tracker.close();
         {
             let groups = self.state.groups.clone();

@@ -25,6 +25,7 @@ mod events;
 mod groups;
 mod retention;
 mod schedule;
+mod tasks;
 
 use agents::LivenessWrite;
 use batch::Batcher;
@@ -102,6 +103,8 @@ pub struct SqliteStore {
     checkpoints: SqlitePool,
     stop_checkpoints: CancellationToken,
     path: PathBuf,
+    /// Stamps appends made outside the batchers (task rounds).
+    clock: Clock,
 }
 
 /// How often the WAL is checkpointed.
@@ -213,6 +216,7 @@ impl SqliteStore {
             checkpoints,
             stop_checkpoints: stop,
             path,
+            clock: config.clock.clone(),
         })
     }
 

@@ -9,6 +9,8 @@
 //! - [`messages`]: direct messages and request-response.
 //! - [`problem`]: the `application/problem+json` error body.
 //! - [`system`]: health, readiness and the JSON metrics.
+//! - [`tasks`]: tasks, agent reports and claims.
+//! - [`workflows`]: workflows and their stages.
 //!
 //! Request types refuse unknown fields; response types ignore them, so an
 //! older client keeps working against a newer hub.
@@ -19,6 +21,8 @@ pub mod groups;
 pub mod messages;
 pub mod problem;
 pub mod system;
+pub mod tasks;
+pub mod workflows;
 
 pub use agents::*;
 pub use events::*;
@@ -26,3 +30,5 @@ pub use groups::*;
 pub use messages::*;
 pub use problem::*;
 pub use system::*;
+pub use tasks::*;
+pub use workflows::*;

@@ -43,6 +43,16 @@ pub struct SystemMetrics {
     pub requests_total: u64,
     /// Seconds since the hub started.
     pub uptime_seconds: u64,
+    /// Tasks not yet given to an agent (pending or queued).
+    pub pending_tasks: u64,
+    /// Tasks held by agents (assigned or in progress).
+    pub running_tasks: u64,
+    /// Tasks in each status.
+    pub tasks_by_status: BTreeMap<String, u64>,
+    /// Workflows that completed.
+    pub completed_workflows: u64,
+    /// Workflows in each status.
+    pub workflows_by_status: BTreeMap<String, u64>,
 }
 
 /// Figures of one agent.

@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use switchboard_registry::{AgentFilter, AgentQuery, AgentStatus, MAX_PAGE, Registry};
+use switchboard_tasks::{TaskStatus, WorkflowStatus};
 use switchboard_telemetry::Metrics;
 use switchboard_wire::{AgentMetrics, Health, MetricsReport, Problem, SystemMetrics};
 
@@ -124,7 +125,31 @@ pub(crate) async fn report(State(state): State<AppState>) -> Result<Json<Metrics
         })
         .await?;
     let totals = state.metrics.http_totals();
+    let tasks = state.tasks.count_tasks().await?;
+    let workflows = state.tasks.count_workflows().await?;
+    let tasks_in = |wanted: &[TaskStatus]| -> u64 {
+        tasks
+            .iter()
+            .filter(|(s, _)| wanted.contains(s))
+            .map(|(_, n)| n)
+            .sum()
+    };
     let system = SystemMetrics {
+        pending_tasks: tasks_in(&[TaskStatus::Pending, TaskStatus::Queued]),
+        running_tasks: tasks_in(&[TaskStatus::Assigned, TaskStatus::InProgress]),
+        tasks_by_status: tasks
+            .iter()
+            .map(|(s, n)| (s.as_str().to_owned(), *n))
+            .collect(),
+        completed_workflows: workflows
+            .iter()
+            .filter(|(s, _)| *s == WorkflowStatus::Completed)
+            .map(|(_, n)| *n)
+            .sum(),
+        workflows_by_status: workflows
+            .iter()
+            .map(|(s, n)| (s.as_str().to_owned(), *n))
+            .collect(),
         active_agents: counts
             .iter()
             .filter(|(s, _)| s.is_live())

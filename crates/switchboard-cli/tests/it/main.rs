@@ -12,6 +12,9 @@ mod openapi;
 mod persistence;
 mod registry;
 mod system;
+mod tasks;
+mod tasks_crash;
+mod workflows;
 mod ws;
 
 use serde_json::{Value, json};

@@ -1,0 +1,420 @@
+//! Agents and assignment: who can take what, the least loaded first, and
+//! claims (agents pulling their work, with a long poll).
+//!
+//! A ready task goes to a live agent (not draining, stale or offline)
+//! whose type is the task's type or whose capabilities include it, that
+//! has every capability the task asks for and room for one more task; of
+//! those, the least loaded: tasks held against `max_concurrent_tasks`
+//! (the larger of what the hub gave it and what it last reported), ties
+//! to the agent given work least recently. The assignment is a
+//! `task.assigned` event addressed to the agent (push); an agent that
+//! pulls gets the tasks given to it from `claim`. Either way the
+//! assignment starts a lease.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use serde_json::Value;
+use switchboard_core::UnixMillis;
+use switchboard_registry::{Agent, AgentStatus};
+
+use super::{Engine, Fetched, ms_i64};
+use crate::task::{Failure, TaskStatus};
+use crate::{Claim, Reply, TaskError, events};
+
+/// What the engine knows of an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AgentInfo {
+    agent_type: String,
+    /// Sorted.
+    capabilities: Vec<String>,
+    max_concurrent: Option<u32>,
+    /// The assignment count when it was last given a task.
+    last_assigned: u64,
+}
+
+impl AgentInfo {
+    pub(crate) fn of(a: &Agent) -> Self {
+        let mut capabilities = a.capabilities.clone();
+        capabilities.sort_unstable();
+        Self {
+            agent_type: a.agent_type.clone(),
+            capabilities,
+            max_concurrent: a.max_concurrent_tasks,
+            last_assigned: 0,
+        }
+    }
+
+    fn can_do(&self, task_type: &str) -> bool {
+        self.agent_type == task_type || self.has(task_type)
+    }
+
+    fn has(&self, capability: &str) -> bool {
+        self.capabilities
+            .binary_search_by(|c| c.as_str().cmp(capability))
+            .is_ok()
+    }
+}
+
+/// A claim waiting for work.
+pub(crate) struct Waiter {
+    pub(crate) agent_id: String,
+    pub(crate) max: u32,
+    pub(crate) deadline: UnixMillis,
+    pub(crate) reply: Reply<Vec<crate::Task>>,
+}
+
+/// An agent that may be given work this dispatch.
+struct Candidate {
+    id: String,
+    load: u32,
+    capacity: u32,
+    last_assigned: u64,
+}
+
+impl Candidate {
+    fn has_room(&self) -> bool {
+        self.load < self.capacity
+    }
+
+    /// Less loaded first (held against capacity), then the one given work
+    /// least recently.
+    fn cmp_load(&self, other: &Self) -> Ordering {
+        let a = u64::from(self.load) * u64::from(other.capacity);
+        let b = u64::from(other.load) * u64::from(self.capacity);
+        a.cmp(&b)
+            .then(self.load.cmp(&other.load))
+            .then(self.last_assigned.cmp(&other.last_assigned))
+    }
+}
+
+/// Ready tasks looked at per task type per dispatch, so that a long queue
+/// of tasks no agent can take does not stall the engine.
+const SCAN_BUDGET: usize = 10_000;
+
+impl Engine {
+    /// Loads every registered agent.
+    pub(super) async fn load_agents(&mut self) -> Result<(), TaskError> {
+        let mut after = None;
+        loop {
+            let page = self
+                .registry
+                .list(&switchboard_registry::AgentQuery {
+                    filter: switchboard_registry::AgentFilter::default(),
+                    limit: switchboard_registry::MAX_PAGE,
+                    after: after.clone(),
+                })
+                .await
+                .map_err(|e| match e {
+                    switchboard_registry::RegistryError::Storage(s) => TaskError::Storage(s),
+                    other => TaskError::Storage(switchboard_core::StorageError::new(
+                        switchboard_core::StorageErrorKind::Other,
+                        other.to_string(),
+                    )),
+                })?;
+            for a in &page.agents {
+                self.agents.insert(a.id.clone(), AgentInfo::of(a));
+            }
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Follows the registry: new agents, agents that go away.
+    pub(super) fn on_agent_event(&mut self, e: &Arc<switchboard_bus::Event>, now: UnixMillis) {
+        let Some(data) = e.data.as_ref() else {
+            return;
+        };
+        let Some(id) = data.get("agent_id").and_then(Value::as_str) else {
+            return;
+        };
+        self.dispatch_needed = true;
+        match e.event_type.as_str() {
+            "agent.registered" => {
+                let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_owned);
+                let mut capabilities: Vec<String> = data
+                    .get("capabilities")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                capabilities.sort_unstable();
+                let max_concurrent = data
+                    .get("max_concurrent_tasks")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok());
+                let last_assigned = self.agents.get(id).map_or(0, |a| a.last_assigned);
+                self.agents.insert(
+                    id.to_owned(),
+                    AgentInfo {
+                        agent_type: text("type").unwrap_or_default(),
+                        capabilities,
+                        max_concurrent,
+                        last_assigned,
+                    },
+                );
+            }
+            "agent.status_changed"
+                if data.get("to").and_then(Value::as_str)
+                    == Some(AgentStatus::Offline.as_str()) =>
+            {
+                self.take_back(id, "AGENT_OFFLINE", "went offline", now);
+            }
+            "agent.removed" => {
+                self.agents.remove(id);
+                self.take_back(id, "AGENT_REMOVED", "was removed from the registry", now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes every task `agent` holds back: each is retried (or given back
+    /// unstarted) per its policy.
+    fn take_back(&mut self, agent: &str, code: &str, what: &str, now: UnixMillis) {
+        let held = self.held.get(agent).cloned().unwrap_or_default();
+        if !held.is_empty() {
+            tracing::info!(agent_id = %agent, tasks = held.len(), "agent {what}; its tasks are retried");
+        }
+        for id in held {
+            self.lose_attempt(
+                &id,
+                Failure::new(code, format!("agent {agent} {what}")),
+                now,
+            );
+        }
+    }
+
+    /// A claim must come from a registered, live agent.
+    pub(super) fn check_claimant(&self, c: &Claim, fetched: &Fetched) -> Result<(), TaskError> {
+        let known = self.agents.contains_key(&c.agent_id)
+            || fetched.agents.get(&c.agent_id).is_some_and(Option::is_some);
+        if !known {
+            return Err(TaskError::AgentNotFound(c.agent_id.clone()));
+        }
+        match self.registry.liveness(&c.agent_id) {
+            Some(l) if l.status.is_live() => Ok(()),
+            Some(l) => Err(TaskError::AgentUnavailable {
+                id: c.agent_id.clone(),
+                status: l.status.as_str().to_owned(),
+            }),
+            None => Err(TaskError::AgentNotFound(c.agent_id.clone())),
+        }
+    }
+
+    /// Parks a claim until work is given to its agent or it times out. A
+    /// claim is a sign of life: it renews the leases of the agent's tasks in
+    /// progress.
+    pub(super) fn add_waiter(&mut self, c: Claim, reply: Reply<Vec<crate::Task>>, now: UnixMillis) {
+        let lease = self.lease_ms();
+        for id in self.held.get(&c.agent_id).cloned().unwrap_or_default() {
+            // Only work the agent said it began (see `check_timers`).
+            if let Some(t) = self
+                .tasks
+                .get_mut(&id)
+                .filter(|t| t.status == TaskStatus::InProgress)
+            {
+                // Written when the stored lease has run half its course, so
+                // readers see it kept without a write per claim.
+                t.lease_expires_at = Some(now + lease);
+                if t.lease_written.unwrap_or(0) - now < lease / 2 {
+                    t.lease_written = t.lease_expires_at;
+                    self.dirty_tasks.insert(id);
+                }
+            }
+        }
+        let wait = if self.draining {
+            0
+        } else {
+            super::millis(c.wait)
+        };
+        self.waiters.push(Waiter {
+            deadline: now + wait,
+            agent_id: c.agent_id,
+            max: c.max,
+            reply,
+        });
+        self.dispatch_needed = true;
+    }
+
+    /// Gives ready tasks to agents.
+    pub(super) fn dispatch(&mut self, now: UnixMillis) {
+        if !self.dispatch_needed {
+            return;
+        }
+        self.dispatch_needed = false;
+        let default_capacity = self.config.default_agent_capacity.max(1);
+        let mut cands: Vec<Candidate> = self
+            .agents
+            .iter()
+            .filter_map(|(id, info)| {
+                let live = self.registry.liveness(id)?;
+                if !live.status.is_live() || live.status == AgentStatus::Draining {
+                    return None;
+                }
+                let held = u32::try_from(self.held.get(id).map_or(0, Vec::len)).unwrap_or(u32::MAX);
+                Some(Candidate {
+                    id: id.clone(),
+                    load: held.max(live.current_tasks),
+                    capacity: info.max_concurrent.unwrap_or(default_capacity).max(1),
+                    last_assigned: info.last_assigned,
+                })
+            })
+            .collect();
+        if cands.is_empty() {
+            return;
+        }
+        let mut assign: Vec<(String, usize)> = Vec::new();
+        // Tasks asked for one agent.
+        for (i, c) in cands.iter_mut().enumerate() {
+            let Some(queue) = self.agent_ready.get(&c.id) else {
+                continue;
+            };
+            for (_, _, id) in queue.iter() {
+                if !c.has_room() {
+                    break;
+                }
+                c.load += 1;
+                assign.push((id.clone(), i));
+            }
+        }
+        // Tasks any capable agent may take.
+        for (task_type, queue) in &self.type_ready {
+            let able: Vec<usize> = cands
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    self.agents
+                        .get(&c.id)
+                        .is_some_and(|info| info.can_do(task_type))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if able.is_empty() {
+                continue;
+            }
+            for (_, _, id) in queue.iter().take(SCAN_BUDGET) {
+                let needs: &[String] = self
+                    .tasks
+                    .get(id)
+                    .map_or(&[], |t| t.capabilities.as_slice());
+                let best = able
+                    .iter()
+                    .copied()
+                    .filter(|&i| cands[i].has_room())
+                    .filter(|&i| {
+                        needs.is_empty()
+                            || self
+                                .agents
+                                .get(&cands[i].id)
+                                .is_some_and(|info| needs.iter().all(|n| info.has(n)))
+                    })
+                    .min_by(|&a, &b| cands[a].cmp_load(&cands[b]));
+                match best {
+                    Some(i) => {
+                        cands[i].load += 1;
+                        self.assignments += 1;
+                        cands[i].last_assigned = self.assignments;
+                        assign.push((id.clone(), i));
+                    }
+                    None if needs.is_empty() => break,
+                    None => {}
+                }
+            }
+        }
+        for (id, i) in assign {
+            self.assign(&id, &cands[i].id, now);
+        }
+    }
+
+    /// Gives a ready task to `agent`: a new attempt and a lease.
+    fn assign(&mut self, id: &str, agent: &str, now: UnixMillis) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        let key = super::ready_key(t);
+        match &t.assigned_agent {
+            Some(a) => {
+                if let Some(q) = self.agent_ready.get_mut(a) {
+                    q.remove(&key);
+                }
+            }
+            None => {
+                if let Some(q) = self.type_ready.get_mut(&t.task_type) {
+                    q.remove(&key);
+                }
+            }
+        }
+        self.assignments += 1;
+        if let Some(info) = self.agents.get_mut(agent) {
+            info.last_assigned = self.assignments;
+        }
+        let lease = self.lease_ms();
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        t.status = TaskStatus::Assigned;
+        t.agent_id = Some(agent.to_owned());
+        t.attempt += 1;
+        t.claimed = false;
+        t.progress = 0;
+        t.assigned_at = Some(now);
+        t.started_at = None;
+        t.available_at = None;
+        t.updated_at = now;
+        t.lease_expires_at = Some(now + lease);
+        t.deadline_at = t.timeout_ms.map(|ms| now + ms_i64(ms));
+        self.events.push(events::task("assigned", t, now));
+        self.dirty_tasks.insert(id.to_owned());
+        self.held
+            .entry(agent.to_owned())
+            .or_default()
+            .push(id.to_owned());
+        self.arm(id);
+    }
+
+    /// Answers the claims whose agents have unclaimed tasks (or tasks whose
+    /// claim's answer a crash may have lost), and those whose time is up.
+    pub(super) fn serve_waiters(&mut self, now: UnixMillis) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let lease = self.lease_ms();
+        let mut keep = Vec::with_capacity(self.waiters.len());
+        for w in std::mem::take(&mut self.waiters) {
+            if w.reply.is_closed() {
+                continue;
+            }
+            let mut given = Vec::new();
+            for id in self.held.get(&w.agent_id).map_or(&[][..], Vec::as_slice) {
+                if given.len() as u32 >= w.max {
+                    break;
+                }
+                if let Some(t) = self.tasks.get_mut(id)
+                    && t.status == TaskStatus::Assigned
+                    && (!t.claimed || self.unconfirmed.get(id) == Some(&t.attempt))
+                {
+                    self.unconfirmed.remove(id);
+                    t.claimed = true;
+                    t.lease_expires_at = Some(now + lease);
+                    t.updated_at = now;
+                    given.push(t.clone());
+                }
+            }
+            for t in &given {
+                self.dirty_tasks.insert(t.id.clone());
+            }
+            if !given.is_empty() || w.deadline <= now {
+                self.claims.push((w.reply, given));
+            } else {
+                keep.push(w);
+            }
+        }
+        self.waiters = keep;
+    }
+}
