@@ -153,9 +153,13 @@ impl SqliteStore {
             // Checkpoints run in the background (see `checkpointer`), not
             // inside whichever commit happens to cross the threshold.
             .pragma("wal_autocheckpoint", "0");
+        // A local file cannot drop a connection the way a network can, so
+        // connections are not pinged each time they are taken from a pool:
+        // the ping is one more round trip to SQLite's thread per write.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .idle_timeout(None)
             .max_lifetime(None)
@@ -173,6 +177,7 @@ impl SqliteStore {
             })?;
         let reader = SqlitePoolOptions::new()
             .max_connections(config.readers.max(1))
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(base.clone().read_only(true))
             .await

@@ -126,7 +126,10 @@ pub struct Engine {
     /// Ready tasks asked for one agent, by agent.
     agent_ready: HashMap<String, BTreeSet<ReadyKey>>,
     /// Agent → tasks it holds, in the order given.
-    held: HashMap<String, Vec<String>>,
+    held: HashMap<String, HashSet<String>>,
+    /// Agent → tasks to hand to its next claim, in the order given (an
+    /// entry is checked when it is taken: the task may have moved on).
+    offer: HashMap<String, VecDeque<String>>,
     /// What the engine knows of each agent (type, capabilities, capacity).
     agents: HashMap<String, AgentInfo>,
     /// Claims waiting for work.
@@ -191,6 +194,7 @@ impl Engine {
             type_ready: HashMap::new(),
             agent_ready: HashMap::new(),
             held: HashMap::new(),
+            offer: HashMap::new(),
             agents: HashMap::new(),
             waiters: Vec::new(),
             agent_events: None,
@@ -545,11 +549,14 @@ impl Engine {
         }
         // A claim whose caller left (timed out, disconnected) gives its
         // tasks back for the next claim.
-        for id in undelivered {
+        for id in undelivered.into_iter().rev() {
             if let Some(t) = self.tasks.get_mut(&id)
                 && t.status == TaskStatus::Assigned
             {
                 t.claimed = false;
+                if let Some(a) = &t.agent_id {
+                    self.offer.entry(a.clone()).or_default().push_front(id);
+                }
             }
         }
         self.evict();
@@ -595,6 +602,7 @@ impl Engine {
         self.type_ready.clear();
         self.agent_ready.clear();
         self.held.clear();
+        self.offer.clear();
         self.timers.clear();
         self.armed.clear();
         self.ended.clear();
@@ -691,7 +699,13 @@ impl Engine {
             TaskStatus::Queued => self.enqueue(id, now),
             TaskStatus::Assigned | TaskStatus::InProgress => {
                 if let Some(a) = t.agent_id.clone() {
-                    self.held.entry(a).or_default().push(id.to_owned());
+                    if t.status == TaskStatus::Assigned {
+                        self.offer
+                            .entry(a.clone())
+                            .or_default()
+                            .push_back(id.to_owned());
+                    }
+                    self.held.entry(a).or_default().insert(id.to_owned());
                 }
                 self.arm(id);
             }

@@ -268,7 +268,9 @@ impl Failure {
     }
 }
 
-/// A task as the hub keeps it.
+/// A task as the hub keeps it. Stored as JSON; absent optional fields are
+/// left out, which keeps the stored record (rewritten at every change)
+/// small.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     /// Unique id (the client's, or generated).
@@ -285,22 +287,27 @@ pub struct Task {
     /// The work's input.
     pub input_data: Map<String, Value>,
     /// What the agent produced (or reported so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_data: Option<Map<String, Value>>,
     /// 0 to 100, as reported.
     pub progress: u8,
     /// The last failure (of an attempt or of the task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
     /// The agent the client asked for; `None`: any capable agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_agent: Option<String>,
     /// Capabilities the agent must have, beyond matching the type.
     pub capabilities: Vec<String>,
     /// The agent holding it now (or that held it last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
     /// Tasks that must complete first.
     pub dependencies: Vec<String>,
     /// What a failed dependency does to this task.
     pub dependency_failure: DependencyFailure,
     /// How long one attempt may take, from its assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Retries.
     pub retry_policy: RetryPolicy,
@@ -310,34 +317,44 @@ pub struct Task {
     /// assigned.
     pub claimed: bool,
     /// The workflow this task is a stage of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_id: Option<String>,
     /// The stage, within `workflow_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
     /// Whether this is a stage's compensation.
     #[serde(default)]
     pub compensation: bool,
     /// The client's key for safe retries of the create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Anything else the client attached.
     pub metadata: Map<String, Value>,
     /// When the agent expects to finish, as reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_completion: Option<UnixMillis>,
     /// Times, Unix milliseconds.
     pub created_at: UnixMillis,
     /// Last change.
     pub updated_at: UnixMillis,
     /// When the current attempt was assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned_at: Option<UnixMillis>,
     /// When the agent started the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<UnixMillis>,
     /// When it reached a final status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<UnixMillis>,
     /// A queued retry is not assigned before this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_at: Option<UnixMillis>,
     /// The holder must show signs of life (progress, a claim, a heartbeat)
     /// before this, or the attempt is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_expires_at: Option<UnixMillis>,
     /// The current attempt times out at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_at: Option<UnixMillis>,
     /// The lease as last marked for writing; a renewal is written only once
     /// the written one has run half its course. Not stored.

@@ -265,6 +265,69 @@ pub(crate) fn advance(head: &watch::Sender<u64>, seq: u64) {
     });
 }
 
+/// The stored form of an event's computed columns.
+pub(crate) struct EventRow {
+    /// `data` as JSON text.
+    pub(crate) data: Option<String>,
+    /// The extensions as a JSON object's text.
+    pub(crate) extensions: String,
+    /// Bytes stored (attributes and data), for retention by size.
+    pub(crate) size: i64,
+    /// The partition key.
+    pub(crate) key: Option<String>,
+}
+
+/// The computed columns of `e`.
+pub(crate) fn event_row(e: &NewEvent) -> EventRow {
+    let data = e.data.as_ref().map(Value::to_string);
+    let extensions = Value::Object(e.extensions.clone()).to_string();
+    let size = e.id.len()
+        + e.source.len()
+        + e.event_type.len()
+        + e.topic.len()
+        + e.subject.as_ref().map_or(0, String::len)
+        + e.datacontenttype.len()
+        + data.as_ref().map_or(0, String::len)
+        + extensions.len();
+    let key = e.extensions.get(PARTITION_KEY).map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    EventRow {
+        data,
+        extensions,
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        key,
+    }
+}
+
+/// Pushes one `INSERT INTO events … VALUES …` for `events` onto `q`.
+fn push_insert_events<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    events: &'a [&NewEvent],
+    now: UnixMillis,
+) {
+    q.push(
+        "INSERT INTO events (id, source, type, topic, subject, time, appended_at, \
+         datacontenttype, data, extensions, size, key) ",
+    );
+    q.push_values(events, |mut b, e| {
+        let row = event_row(e);
+        b.push_bind(&e.id)
+            .push_bind(&e.source)
+            .push_bind(&e.event_type)
+            .push_bind(&e.topic)
+            .push_bind(&e.subject)
+            .push_bind(e.time.unwrap_or(now))
+            .push_bind(now)
+            .push_bind(&e.datacontenttype)
+            .push_bind(row.data)
+            .push_bind(row.extensions)
+            .push_bind(row.size)
+            .push_bind(row.key);
+    });
+}
+
 /// Inserts events in order inside the caller's transaction; their
 /// sequence numbers, in the same order. The head must be advanced after
 /// the transaction commits.
@@ -276,38 +339,8 @@ pub(crate) async fn insert_events(
     let ctx = "append events";
     let mut seqs: Vec<u64> = Vec::with_capacity(events.len());
     for chunk in events.chunks(INSERT_CHUNK) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (id, source, type, topic, subject, time, appended_at, \
-             datacontenttype, data, extensions, size, key) ",
-        );
-        q.push_values(chunk, |mut b, e| {
-            let data = e.data.as_ref().map(Value::to_string);
-            let extensions = Value::Object(e.extensions.clone()).to_string();
-            let size = e.id.len()
-                + e.source.len()
-                + e.event_type.len()
-                + e.topic.len()
-                + e.subject.as_ref().map_or(0, String::len)
-                + e.datacontenttype.len()
-                + data.as_ref().map_or(0, String::len)
-                + extensions.len();
-            let key = e.extensions.get(PARTITION_KEY).map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            });
-            b.push_bind(&e.id)
-                .push_bind(&e.source)
-                .push_bind(&e.event_type)
-                .push_bind(&e.topic)
-                .push_bind(&e.subject)
-                .push_bind(e.time.unwrap_or(now))
-                .push_bind(now)
-                .push_bind(&e.datacontenttype)
-                .push_bind(data)
-                .push_bind(extensions)
-                .push_bind(i64::try_from(size).unwrap_or(i64::MAX))
-                .push_bind(key);
-        });
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        push_insert_events(&mut q, chunk, now);
         q.push(" RETURNING seq");
         let mut got: Vec<i64> = q
             .build_query_scalar()

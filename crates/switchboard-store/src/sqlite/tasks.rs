@@ -4,18 +4,92 @@
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
-use switchboard_core::StorageError;
+use switchboard_core::{StorageError, UnixMillis};
 use switchboard_tasks::{
     Active, Changes, Page, Task, TaskFilter, TaskStatus, TaskStore, Workflow, WorkflowFilter,
     WorkflowStatus,
 };
 
 use super::SqliteStore;
-use super::events::{advance, insert_events};
+use super::events::{advance, event_row};
 use crate::{corrupt, storage_error};
 
-/// Rows per INSERT statement (9 parameters each, under SQLite's limit).
+/// Rows per `IN (…)` list of a read.
 const CHUNK: usize = 500;
+
+/// One engine round, in one transaction: tasks, workflows and events, each
+/// kind a JSON array (`?1`, `?2`, `?3`); answers the log's last sequence
+/// number. Events go in in array order, so their offsets follow it.
+const APPLY: &str = "BEGIN; \
+    INSERT INTO tasks (id, seq, type, status, agent_id, workflow_id, idempotency_key, \
+                       updated_at, doc) \
+      SELECT value ->> 'id', value ->> 'seq', value ->> 'task_type', value ->> 'status', \
+             value ->> 'agent_id', value ->> 'workflow_id', value ->> 'idempotency_key', \
+             value ->> 'updated_at', value \
+      FROM json_each(?1) WHERE true \
+      ON CONFLICT (id) DO UPDATE SET status = excluded.status, agent_id = excluded.agent_id, \
+        updated_at = excluded.updated_at, doc = excluded.doc; \
+    INSERT INTO workflows (id, seq, status, project_id, idempotency_key, updated_at, doc) \
+      SELECT value ->> 'id', value ->> 'seq', value ->> 'status', value ->> 'project_id', \
+             value ->> 'idempotency_key', value ->> 'updated_at', value \
+      FROM json_each(?2) WHERE true \
+      ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+        updated_at = excluded.updated_at, doc = excluded.doc; \
+    INSERT INTO events (id, source, type, topic, subject, time, appended_at, datacontenttype, \
+                        data, extensions, size, key) \
+      SELECT value ->> 'id', value ->> 'source', value ->> 'type', value ->> 'topic', \
+             value ->> 'subject', value ->> 'time', value ->> 'appended_at', \
+             value ->> 'datacontenttype', value ->> 'data', value ->> 'extensions', \
+             value ->> 'size', value ->> 'key' \
+      FROM json_each(?3) ORDER BY key; \
+    SELECT seq FROM sqlite_sequence WHERE name = 'events'; \
+    COMMIT;";
+
+/// The events as the JSON array [`APPLY`] takes: each row's columns, with
+/// `data` and `extensions` as the JSON text they are stored as.
+fn events_json(
+    events: &[switchboard_bus::NewEvent],
+    now: UnixMillis,
+) -> Result<String, StorageError> {
+    /// One event's columns.
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: &'a str,
+        source: &'a str,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        topic: &'a str,
+        subject: Option<&'a str>,
+        time: UnixMillis,
+        appended_at: UnixMillis,
+        datacontenttype: &'a str,
+        data: Option<String>,
+        extensions: String,
+        size: i64,
+        key: Option<String>,
+    }
+    let rows: Vec<Row<'_>> = events
+        .iter()
+        .map(|e| {
+            let row = event_row(e);
+            Row {
+                id: &e.id,
+                source: &e.source,
+                event_type: &e.event_type,
+                topic: &e.topic,
+                subject: e.subject.as_deref(),
+                time: e.time.unwrap_or(now),
+                appended_at: now,
+                datacontenttype: &e.datacontenttype,
+                data: row.data,
+                extensions: row.extensions,
+                size: row.size,
+                key: row.key,
+            }
+        })
+        .collect();
+    serde_json::to_string(&rows).map_err(|e| corrupt("encode events", e))
+}
 
 fn seq(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -24,69 +98,44 @@ fn seq(n: u64) -> i64 {
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn apply(&self, changes: Changes) -> Result<(), StorageError> {
-        let ctx = |e| storage_error("write tasks", e);
+        let ctx = "write tasks";
         let now = self.clock.now_ms();
-        let tasks: Vec<(&Task, String)> = changes
-            .tasks
-            .iter()
-            .map(|t| serde_json::to_string(t).map(|doc| (t, doc)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| corrupt("encode task", e))?;
-        let workflows: Vec<(&Workflow, String)> = changes
-            .workflows
-            .iter()
-            .map(|w| serde_json::to_string(w).map(|doc| (w, doc)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| corrupt("encode workflow", e))?;
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
-        for chunk in tasks.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO tasks (id, seq, type, status, agent_id, workflow_id, \
-                 idempotency_key, updated_at, doc) ",
-            );
-            q.push_values(chunk, |mut b, (t, doc)| {
-                b.push_bind(&t.id)
-                    .push_bind(seq(t.seq))
-                    .push_bind(&t.task_type)
-                    .push_bind(t.status.as_str())
-                    .push_bind(&t.agent_id)
-                    .push_bind(&t.workflow_id)
-                    .push_bind(&t.idempotency_key)
-                    .push_bind(t.updated_at)
-                    .push_bind(doc);
-            });
-            q.push(
-                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-                 agent_id = excluded.agent_id, updated_at = excluded.updated_at, \
-                 doc = excluded.doc",
-            );
-            q.build().execute(&mut *tx).await.map_err(ctx)?;
-        }
-        for chunk in workflows.chunks(CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO workflows (id, seq, status, project_id, idempotency_key, \
-                 updated_at, doc) ",
-            );
-            q.push_values(chunk, |mut b, (w, doc)| {
-                b.push_bind(&w.id)
-                    .push_bind(seq(w.seq))
-                    .push_bind(w.status.as_str())
-                    .push_bind(&w.project_id)
-                    .push_bind(&w.idempotency_key)
-                    .push_bind(w.updated_at)
-                    .push_bind(doc);
-            });
-            q.push(
-                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-                 updated_at = excluded.updated_at, doc = excluded.doc",
-            );
-            q.build().execute(&mut *tx).await.map_err(ctx)?;
-        }
-        let events: Vec<_> = changes.events.iter().collect();
-        let seqs = insert_events(&mut tx, &events, now).await?;
-        tx.commit().await.map_err(ctx)?;
-        if let Some(last) = seqs.last() {
-            advance(&self.head, *last);
+        // Each kind of row goes to SQLite as one JSON array that one fixed
+        // statement unpacks (`json_each`), and the whole round as one
+        // script: the statements are prepared once and reused whatever the
+        // round's size, and the round costs one round trip to SQLite's
+        // thread (on a busy machine each round trip waits for that thread
+        // to be scheduled).
+        let tasks =
+            serde_json::to_string(&changes.tasks).map_err(|e| corrupt("encode tasks", e))?;
+        let workflows = serde_json::to_string(&changes.workflows)
+            .map_err(|e| corrupt("encode workflows", e))?;
+        let events = events_json(&changes.events, now)?;
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(|e| storage_error(ctx, e))?;
+        let rows = sqlx::query(APPLY)
+            .bind(tasks)
+            .bind(workflows)
+            .bind(events)
+            .fetch_all(&mut *conn)
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The script stopped inside its transaction: end it, so the
+                // connection's next user does not write into it.
+                if let Err(error) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    tracing::debug!(%error, "rollback after a failed task write");
+                }
+                return Err(storage_error(ctx, e));
+            }
+        };
+        if let Some(r) = rows.last() {
+            let last: i64 = r.try_get(0).map_err(|e| storage_error(ctx, e))?;
+            advance(&self.head, u64::try_from(last).unwrap_or(0));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! assignment starts a lease.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -177,7 +178,11 @@ impl Engine {
     /// Takes every task `agent` holds back: each is retried (or given back
     /// unstarted) per its policy.
     fn take_back(&mut self, agent: &str, code: &str, what: &str, now: UnixMillis) {
-        let held = self.held.get(agent).cloned().unwrap_or_default();
+        let held: Vec<String> = self
+            .held
+            .get(agent)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
         if !held.is_empty() {
             tracing::info!(agent_id = %agent, tasks = held.len(), "agent {what}; its tasks are retried");
         }
@@ -212,7 +217,12 @@ impl Engine {
     /// progress.
     pub(super) fn add_waiter(&mut self, c: Claim, reply: Reply<Vec<crate::Task>>, now: UnixMillis) {
         let lease = self.lease_ms();
-        for id in self.held.get(&c.agent_id).cloned().unwrap_or_default() {
+        let held: Vec<String> = self
+            .held
+            .get(&c.agent_id)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in held {
             // Only work the agent said it began (see `check_timers`).
             if let Some(t) = self
                 .tasks
@@ -257,7 +267,8 @@ impl Engine {
                 if !live.status.is_live() || live.status == AgentStatus::Draining {
                     return None;
                 }
-                let held = u32::try_from(self.held.get(id).map_or(0, Vec::len)).unwrap_or(u32::MAX);
+                let held =
+                    u32::try_from(self.held.get(id).map_or(0, HashSet::len)).unwrap_or(u32::MAX);
                 Some(Candidate {
                     id: id.clone(),
                     load: held.max(live.current_tasks),
@@ -374,7 +385,21 @@ impl Engine {
         self.held
             .entry(agent.to_owned())
             .or_default()
-            .push(id.to_owned());
+            .insert(id.to_owned());
+        let offer = self.offer.entry(agent.to_owned()).or_default();
+        offer.push_back(id.to_owned());
+        // An agent that never claims (it takes its work from events) leaves
+        // entries behind; past twice what it holds they are swept out.
+        let holds = self.held.get(agent).map_or(0, HashSet::len);
+        if offer.len() > 2 * holds + 64 {
+            let (tasks, unconfirmed) = (&self.tasks, &self.unconfirmed);
+            offer.retain(|id| {
+                tasks.get(id).is_some_and(|t| {
+                    t.status == TaskStatus::Assigned
+                        && (!t.claimed || unconfirmed.get(id) == Some(&t.attempt))
+                })
+            });
+        };
         self.arm(id);
     }
 
@@ -391,15 +416,17 @@ impl Engine {
                 continue;
             }
             let mut given = Vec::new();
-            for id in self.held.get(&w.agent_id).map_or(&[][..], Vec::as_slice) {
-                if given.len() as u32 >= w.max {
+            let offer = self.offer.entry(w.agent_id.clone()).or_default();
+            while (given.len() as u32) < w.max {
+                let Some(id) = offer.pop_front() else {
                     break;
-                }
-                if let Some(t) = self.tasks.get_mut(id)
+                };
+                if let Some(t) = self.tasks.get_mut(&id)
                     && t.status == TaskStatus::Assigned
-                    && (!t.claimed || self.unconfirmed.get(id) == Some(&t.attempt))
+                    && t.agent_id.as_ref() == Some(&w.agent_id)
+                    && (!t.claimed || self.unconfirmed.get(&id) == Some(&t.attempt))
                 {
-                    self.unconfirmed.remove(id);
+                    self.unconfirmed.remove(&id);
                     t.claimed = true;
                     t.lease_expires_at = Some(now + lease);
                     t.updated_at = now;

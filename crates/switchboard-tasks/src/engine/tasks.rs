@@ -206,10 +206,11 @@ impl Engine {
         let Some(agent) = self.tasks.get(id).and_then(|t| t.agent_id.clone()) else {
             return;
         };
-        if let Some(list) = self.held.get_mut(&agent) {
-            list.retain(|t| t != id);
-            if list.is_empty() {
+        if let Some(set) = self.held.get_mut(&agent) {
+            set.remove(id);
+            if set.is_empty() {
                 self.held.remove(&agent);
+                self.offer.remove(&agent);
             }
         }
         self.dispatch_needed = true;
