@@ -17,6 +17,12 @@ mod serve;
 mod tasks;
 mod workflows;
 
+/// The allocator. The hub makes and drops many small objects per request
+/// (JSON values, strings); glibc's allocator spent about a quarter of the
+/// task path's CPU on them (`perf` under `switchboard-bench tasks`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a bad configuration or usage (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 /// Exit code when the hub cannot be reached (EX_UNAVAILABLE).
