@@ -1,10 +1,13 @@
 //! `tasks`: tasks end to end — create, claim, complete — on the embedded
 //! store.
 //!
-//! `AGENTS` agents each hold two keep-alive HTTP/1.1 connections: one
-//! long-polls `POST /api/v1/tasks/claim` (up to `CLAIM_MAX` tasks), the
-//! other reports each claimed task completed. Producers create tasks on
-//! their own connections. Each task's input carries its creation time, so
+//! `AGENTS` agents each hold one HTTP/2 connection (cleartext, prior
+//! knowledge) on which they long-poll `POST /api/v1/tasks/claim` (up to
+//! `CLAIM_MAX` tasks) and report each claimed task completed, up to
+//! `AGENT_IN_FLIGHT` reports at a time. `PRODUCERS` connections create the
+//! tasks, many at a time. HTTP/2 lets one connection carry many requests,
+//! so the figure is the hub's, not the round trips of a client that waits
+//! for each answer. Each task's input carries its creation time, so
 //! create-to-claim latency is measured from the moment the create was sent
 //! to the moment the claim carrying it was answered (one process, one
 //! monotonic clock).
@@ -27,10 +30,10 @@ use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2::{self, SendRequest};
 use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::Settings;
 use crate::hub::Hub;
@@ -38,7 +41,9 @@ use crate::payload;
 use crate::report::{Section, median_of};
 
 const AGENTS: usize = 10;
-const PRODUCERS: usize = 8;
+const PRODUCERS: usize = 4;
+/// Completion reports one agent has in flight.
+const AGENT_IN_FLIGHT: usize = 64;
 const CLAIM_MAX: u32 = 64;
 /// Outstanding tasks in the full-speed phase.
 const WINDOW: usize = 1024;
@@ -64,8 +69,9 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
         max.push(b);
     }
     let mut body = format!(
-        "{AGENTS} agents, each with one connection long-polling `claim` (up to {CLAIM_MAX} tasks) \
-         and one reporting completions; {PRODUCERS} producer connections; embedded SQLite \
+        "{AGENTS} agents, each with one HTTP/2 connection on which it long-polls `claim` (up to \
+         {CLAIM_MAX} tasks) and reports completions ({AGENT_IN_FLIGHT} in flight); {PRODUCERS} \
+         producer connections (HTTP/2, creates in flight at once); embedded SQLite \
          (`synchronous = normal`); the load generator and the agents run on the same 2 cores \
          as the hub. Create-to-claim latency: from sending the create to receiving the claim \
          answer that carries the task. Median of {} runs, each on a fresh hub.\n\n\
@@ -112,9 +118,10 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
     })
 }
 
-/// One keep-alive connection.
+/// One HTTP/2 connection; cheap to clone, each clone a new stream.
+#[derive(Clone)]
 struct Conn {
-    addr: SocketAddr,
+    base: String,
     send: SendRequest<Full<Bytes>>,
 }
 
@@ -124,22 +131,25 @@ impl Conn {
             .await
             .context("connect")?;
         tcp.set_nodelay(true)?;
-        let (send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Self { addr, send })
+        Ok(Self {
+            base: format!("http://{addr}"),
+            send,
+        })
     }
 
-    async fn call(&mut self, method: Method, path: &str, body: String) -> anyhow::Result<Bytes> {
+    async fn call(&self, method: Method, path: &str, body: String) -> anyhow::Result<Bytes> {
         let req = Request::builder()
             .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string())
+            .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
-        self.send.ready().await?;
-        let resp = self.send.send_request(req).await?;
+        let mut send = self.send.clone();
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         anyhow::ensure!(
@@ -164,7 +174,7 @@ struct Shared {
 async fn once(s: &Settings, rate: u64) -> anyhow::Result<(Phase, Phase)> {
     let hub = Hub::start(&s.hub_bin, &[]).await?;
     let addr = hub.addr;
-    let mut setup = Conn::open(addr).await?;
+    let setup = Conn::open(addr).await?;
     for a in 0..AGENTS {
         let body = serde_json::json!({
             "id": format!("bench-agent-{a}"),
@@ -235,8 +245,8 @@ async fn phase(addr: SocketAddr, length: Duration, rate: Option<u64>) -> anyhow:
 }
 
 /// Creates tasks until `deadline`: on a schedule (`rate` in all, spread
-/// over the producers), or whenever the window has room. Returns how many
-/// it created.
+/// over the producers), or whenever the window has room; each create is
+/// sent without waiting for the one before. Returns how many it created.
 async fn producer(
     addr: SocketAddr,
     p: usize,
@@ -245,9 +255,10 @@ async fn producer(
     deadline: Instant,
     shared: Arc<Shared>,
 ) -> anyhow::Result<u64> {
-    let mut conn = Conn::open(addr).await?;
+    let conn = Conn::open(addr).await?;
     let period = rate.map(|r| Duration::from_secs_f64(PRODUCERS as f64 / r.max(1) as f64));
     let offset = period.map_or(Duration::ZERO, |d| d.mul_f64(p as f64 / PRODUCERS as f64));
+    let mut sent = tokio::task::JoinSet::new();
     let mut n = 0u64;
     loop {
         match period {
@@ -277,51 +288,44 @@ async fn producer(
             r#"{{"type":"bench","input_data":{{"sent_ns":{},"producer":{p},"n":{n}}}}}"#,
             payload::now_ns()
         );
-        match conn.call(Method::POST, "/api/v1/tasks", body).await {
-            Ok(_) => n += 1,
-            Err(e) => {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-                tracing_error(&e);
-            }
+        let conn = conn.clone();
+        sent.spawn(async move { conn.call(Method::POST, "/api/v1/tasks", body).await });
+        n += 1;
+        // Reap what has been answered, so the set stays small.
+        while let Some(done) = sent.try_join_next() {
+            count(&shared, done?);
         }
     }
-    Ok(n)
+    let mut created = n;
+    while let Some(done) = sent.join_next().await {
+        if !count(&shared, done?) {
+            created -= 1;
+        }
+    }
+    Ok(created)
 }
 
-/// Claims tasks and reports each completed, until told to stop.
+/// Counts a failed create as an error; whether it succeeded.
+fn count(shared: &Shared, r: anyhow::Result<Bytes>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(e) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            tracing_error(&e);
+            false
+        }
+    }
+}
+
+/// Claims tasks and reports each completed (up to `AGENT_IN_FLIGHT` at
+/// a time), until told to stop.
 async fn agent(addr: SocketAddr, a: usize, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let mut claims = Conn::open(addr).await?;
-    let reports = Conn::open(addr).await?;
-    let (tx, mut rx) = mpsc::channel::<(String, u64)>(4096);
-    let reporter = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut reports = reports;
-            while let Some((id, attempt)) = rx.recv().await {
-                let body = format!(
-                    r#"{{"status":"completed","agent_id":"bench-agent-{a}","attempt":{attempt},"output_data":{{"ok":true}}}}"#
-                );
-                match reports
-                    .call(Method::PATCH, &format!("/api/v1/tasks/{id}"), body)
-                    .await
-                {
-                    Ok(_) => {
-                        shared.completed.fetch_add(1, Ordering::AcqRel);
-                        shared.window.add_permits(1);
-                    }
-                    Err(e) => {
-                        shared.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing_error(&e);
-                    }
-                }
-            }
-            anyhow::Ok(())
-        })
-    };
+    let conn = Conn::open(addr).await?;
+    let in_flight = Arc::new(Semaphore::new(AGENT_IN_FLIGHT));
     let claim =
         format!(r#"{{"agent_id":"bench-agent-{a}","max_tasks":{CLAIM_MAX},"wait_ms":200}}"#);
     while !shared.stop.load(Ordering::Acquire) {
-        let bytes = claims
+        let bytes = conn
             .call(Method::POST, "/api/v1/tasks/claim", claim.clone())
             .await?;
         let got = payload::now_ns();
@@ -338,11 +342,31 @@ async fn agent(addr: SocketAddr, a: usize, shared: Arc<Shared>) -> anyhow::Resul
         for t in tasks {
             let id = t["id"].as_str().unwrap_or_default().to_owned();
             let attempt = t["attempt"].as_u64().unwrap_or(0);
-            tx.send((id, attempt)).await?;
+            let permit = in_flight.clone().acquire_owned().await?;
+            let (conn, shared) = (conn.clone(), shared.clone());
+            tokio::spawn(async move {
+                let body = format!(
+                    r#"{{"status":"completed","agent_id":"bench-agent-{a}","attempt":{attempt},"output_data":{{"ok":true}}}}"#
+                );
+                match conn
+                    .call(Method::PATCH, &format!("/api/v1/tasks/{id}"), body)
+                    .await
+                {
+                    Ok(_) => {
+                        shared.completed.fetch_add(1, Ordering::AcqRel);
+                        shared.window.add_permits(1);
+                    }
+                    Err(e) => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing_error(&e);
+                    }
+                }
+                drop(permit);
+            });
         }
     }
-    drop(tx);
-    reporter.await??;
+    // Every report answered.
+    let _ = in_flight.acquire_many(AGENT_IN_FLIGHT as u32).await?;
     Ok(())
 }
 
