@@ -6,7 +6,7 @@ use std::io::Read;
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Map, Value, json};
-use switchboard_client::{Client, EventQuery, From, WorkflowListQuery};
+use switchboard_client::{Client, EventQuery, EventStream, From, WorkflowListQuery};
 use switchboard_wire::{CreateWorkflowRequest, Workflow, WorkflowStatus};
 
 use crate::output;
@@ -70,9 +70,19 @@ pub(crate) async fn run(hub: &str, json: bool, cmd: WorkflowsCommand) -> anyhow:
             };
             let req: CreateWorkflowRequest =
                 serde_json::from_str(&text).with_context(|| format!("{file} is not a workflow"))?;
+            // With an id known before the create, the stream opens first and
+            // shows the first stages being given out too.
+            let early = match (&req.id, follow) {
+                (Some(id), true) => Some(open_stream(&client, id).await?),
+                _ => None,
+            };
             let (w, created) = client.create_workflow(&req).await?;
             if follow {
-                return watch(&client, &w.id, json).await;
+                let stream = match early {
+                    Some(s) => s,
+                    None => open_stream(&client, &w.id).await?,
+                };
+                return watch(&client, stream, &w.id, json).await;
             }
             if json {
                 return output::json(&w);
@@ -131,17 +141,19 @@ pub(crate) async fn run(hub: &str, json: bool, cmd: WorkflowsCommand) -> anyhow:
             }
             println!("cancelled: workflow {}", w.id);
         }
-        WorkflowsCommand::Watch { id } => return watch(&client, &id, json).await,
+        WorkflowsCommand::Watch { id } => {
+            let stream = open_stream(&client, &id).await?;
+            return watch(&client, stream, &id, json).await;
+        }
     }
     Ok(())
 }
 
-/// Prints the workflow's stages, then a line per change until it ends.
-async fn watch(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
-    // Subscribed before the first read, so no change falls between them.
+/// The live events of workflow `id` and its tasks.
+async fn open_stream(client: &Client, id: &str) -> anyhow::Result<EventStream> {
     let mut filter = Map::new();
     filter.insert("workflow_id".into(), json!(id));
-    let mut stream = client
+    Ok(client
         .stream_events(
             &EventQuery {
                 topics: vec!["workflow.>".into(), "task.>".into()],
@@ -151,7 +163,17 @@ async fn watch(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
             },
             None,
         )
-        .await?;
+        .await?)
+}
+
+/// Prints the workflow's stages, then a line per change until it ends.
+/// `stream` was opened before the first read, so no change falls between.
+async fn watch(
+    client: &Client,
+    mut stream: EventStream,
+    id: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut w = client.get_workflow(id).await?;
     if !json {
         println!("workflow {} ({}): {}", w.id, w.name, name(&w.status));
@@ -166,9 +188,14 @@ async fn watch(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&event)?);
         } else {
             let field = |k: &str| data.get(k).and_then(Value::as_str).unwrap_or("");
+            let undo = if data.get("compensation") == Some(&Value::Bool(true)) {
+                " (compensation)"
+            } else {
+                ""
+            };
             let what = match field("stage") {
                 "" => String::new(),
-                s => format!(" {s}"),
+                s => format!(" {s}{undo}"),
             };
             let agent = match field("agent_id") {
                 "" => String::new(),
@@ -180,7 +207,15 @@ async fn watch(client: &Client, id: &str, json: bool) -> anyhow::Result<()> {
                 event.event_type,
             );
         }
-        if event.event_type.starts_with("workflow.") {
+        // The run's last event ends the watch (the record may be final
+        // before that event has been printed).
+        if matches!(
+            event.event_type.as_str(),
+            "workflow.completed"
+                | "workflow.failed"
+                | "workflow.compensated"
+                | "workflow.cancelled"
+        ) {
             w = client.get_workflow(id).await?;
         }
     }

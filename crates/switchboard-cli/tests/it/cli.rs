@@ -306,3 +306,184 @@ async fn send_and_request_from_the_shell() {
         "{o:?}"
     );
 }
+
+/// The task and workflow commands, as a new user would run them: an agent
+/// taking and reporting work from the shell, and `workflows create --watch`
+/// following a run to its end.
+#[tokio::test]
+async fn tasks_and_a_watched_workflow_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let url = hub.url("");
+    for (id, t) in [("gen-1", "codegen"), ("rev-1", "review")] {
+        let o = cli(&url, &["agents", "register", "--id", id, "--type", t]).await;
+        assert!(o.status.success(), "{o:?}");
+    }
+
+    let o = cli(
+        &url,
+        &[
+            "tasks",
+            "create",
+            "--type",
+            "codegen",
+            "--id",
+            "t-1",
+            "--priority",
+            "high",
+            "--input",
+            r#"{"lines": 200}"#,
+            "--timeout",
+            "60",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "created: task t-1 (assigned)");
+    let o = cli(
+        &url,
+        &[
+            "tasks",
+            "create",
+            "--type",
+            "codegen",
+            "--priority",
+            "urgent",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--priority"),
+        "{o:?}"
+    );
+
+    let o = cli(
+        &url,
+        &[
+            "--json",
+            "tasks",
+            "claim",
+            "--agent",
+            "gen-1",
+            "--wait-ms",
+            "2000",
+        ],
+    )
+    .await;
+    let claimed: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(claimed[0]["id"], "t-1", "{claimed}");
+    assert_eq!(claimed[0]["input_data"]["lines"], 200);
+    let o = cli(
+        &url,
+        &[
+            "tasks",
+            "report",
+            "t-1",
+            "--status",
+            "completed",
+            "--output",
+            r#"{"files": 3}"#,
+            "--agent",
+            "gen-1",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "task t-1: completed");
+    let o = cli(&url, &["tasks", "list", "--status", "completed"]).await;
+    let out = stdout(&o);
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("t-1") && l.contains("gen-1")),
+        "{out}"
+    );
+    let o = cli(&url, &["tasks", "cancel", "t-1"]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "cancelling a completed task: {o:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("completed"),
+        "{o:?}"
+    );
+
+    let file = dir.path().join("workflow.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "id": "wf-cli",
+            "name": "Build and review",
+            "stages": [
+                {"name": "build", "agent_type": "codegen", "dependencies": []},
+                {"name": "review", "agent_type": "review", "dependencies": ["build"]}
+            ],
+            "configuration": {"parallel_execution": false}
+        })
+        .to_string(),
+    )
+    .expect("write");
+    let watch = tokio::process::Command::new(bin())
+        .args(["--hub", &url, "workflows", "create", "-f"])
+        .arg(&file)
+        .arg("--watch")
+        .output();
+    let agents = async {
+        for (agent, task) in [("gen-1", "wf-cli:build"), ("rev-1", "wf-cli:review")] {
+            let o = cli(
+                &url,
+                &[
+                    "--json",
+                    "tasks",
+                    "claim",
+                    "--agent",
+                    agent,
+                    "--wait-ms",
+                    "10000",
+                ],
+            )
+            .await;
+            let got: Value = serde_json::from_slice(&o.stdout).expect("json");
+            assert_eq!(got[0]["id"], task, "{got}");
+            let o = cli(
+                &url,
+                &[
+                    "tasks",
+                    "report",
+                    task,
+                    "--status",
+                    "completed",
+                    "--agent",
+                    agent,
+                ],
+            )
+            .await;
+            assert!(o.status.success(), "{o:?}");
+        }
+    };
+    let (o, ()) = tokio::join!(watch, agents);
+    let o = o.expect("run watch");
+    let out = stdout(&o);
+    assert!(o.status.success(), "{o:?}");
+    for line in [
+        "task.assigned build on gen-1",
+        "workflow.stage_completed build",
+        "task.assigned review on rev-1",
+        "workflow.completed",
+        "workflow wf-cli ended: completed",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    let o = cli(&url, &["workflows", "list"]).await;
+    let out = stdout(&o);
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("wf-cli") && l.contains("2/2")),
+        "{out}"
+    );
+}
