@@ -34,10 +34,10 @@ use tokio::task::JoinSet;
 
 use crate::bin;
 
-/// Plain tasks created.
-const TASKS: usize = 300;
+/// Plain tasks created (the issue's scale: 1,000 tasks and 50 workflows).
+const TASKS: usize = 1000;
 /// Workflows created, spread among the tasks.
-const WORKFLOWS: usize = 15;
+const WORKFLOWS: usize = 50;
 /// The task types; each has `AGENTS_PER_TYPE` agents of that type.
 const TYPES: [&str; 3] = ["crash_parse", "crash_build", "crash_check"];
 const AGENTS_PER_TYPE: usize = 2;
@@ -63,7 +63,7 @@ const PAUSE: Duration = Duration::from_millis(25);
 /// How long one request is retried while the hub is down or restarting.
 const RETRY_FOR: Duration = Duration::from_secs(60);
 /// How long the whole run may take to finish after the last kill.
-const DEADLINE: Duration = Duration::from_secs(60);
+const DEADLINE: Duration = Duration::from_secs(120);
 
 const CONFIG: &str = r#"
 [tasks]
