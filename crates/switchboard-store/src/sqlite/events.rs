@@ -130,8 +130,28 @@ pub(crate) struct Recent(Arc<Mutex<VecDeque<Arc<Event>>>>);
 /// Events kept in [`Recent`].
 const RECENT: usize = 4096;
 
+/// `e` as the log holds it, at `offset`.
+pub(super) fn stored(e: NewEvent, offset: u64, now: UnixMillis) -> Event {
+    Event {
+        offset,
+        id: e.id,
+        source: e.source,
+        event_type: e.event_type,
+        topic: e.topic,
+        subject: e.subject,
+        time: e.time.unwrap_or(now),
+        datacontenttype: e.datacontenttype,
+        data: e.data,
+        extensions: e.extensions,
+        rendered: Default::default(),
+    }
+}
+
 impl Recent {
-    fn push(&self, events: impl Iterator<Item = Event>) {
+    /// Keeps `events` (in offset order); any not after the newest kept is
+    /// dropped, so the window has no holes a reader could miss: a gap
+    /// sends the dispatcher to the log.
+    pub(super) fn push(&self, events: impl Iterator<Item = Event>) {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
             if q.back().is_some_and(|b| b.offset >= e.offset) {
@@ -215,19 +235,7 @@ impl BatchWrite for AppendWrite {
         for (e, seq) in fresh.iter().zip(seqs) {
             seen.insert(
                 (e.source.clone(), e.id.clone()),
-                Event {
-                    offset: seq,
-                    id: e.id.clone(),
-                    source: e.source.clone(),
-                    event_type: e.event_type.clone(),
-                    topic: e.topic.clone(),
-                    subject: e.subject.clone(),
-                    time: e.time.unwrap_or(now),
-                    datacontenttype: e.datacontenttype.clone(),
-                    data: e.data.clone(),
-                    extensions: e.extensions.clone(),
-                    rendered: Default::default(),
-                },
+                stored((*e).clone(), seq, now),
             );
         }
         items

@@ -11,7 +11,7 @@ use switchboard_tasks::{
 };
 
 use super::SqliteStore;
-use super::events::{advance, event_row};
+use super::events::{advance, event_row, stored};
 use crate::{corrupt, storage_error};
 
 /// Rows per `IN (…)` list of a read.
@@ -135,7 +135,22 @@ impl TaskStore for SqliteStore {
         };
         if let Some(r) = rows.last() {
             let last: i64 = r.try_get(0).map_err(|e| storage_error(ctx, e))?;
-            advance(&self.head, u64::try_from(last).unwrap_or(0));
+            let last = u64::try_from(last).unwrap_or(0);
+            // The round's events took the offsets up to `last`, one after
+            // another (one writer, AUTOINCREMENT): handed to the window of
+            // fresh events, the dispatcher need not read them back.
+            let n = changes.events.len() as u64;
+            if n > 0 && last >= n {
+                let first = last - n + 1;
+                self.recent.push(
+                    changes
+                        .events
+                        .into_iter()
+                        .zip(first..)
+                        .map(|(e, offset)| stored(e, offset, now)),
+                );
+            }
+            advance(&self.head, last);
         }
         Ok(())
     }
