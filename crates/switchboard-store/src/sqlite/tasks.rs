@@ -229,32 +229,9 @@ impl TaskStore for SqliteStore {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Page<Task>, StorageError> {
-        let ctx = |e| storage_error("list tasks", e);
-        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM tasks WHERE 1 = 1");
-        push_task_filter(&mut count, filter);
-        let total: i64 = count
-            .build_query_scalar()
-            .fetch_one(&self.reader)
+        let push = |q: &mut QueryBuilder<'_, Sqlite>| push_task_filter(q, filter);
+        self.page("tasks", push, after, limit, decode_task, |t| t.seq)
             .await
-            .map_err(ctx)?;
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT seq, doc FROM tasks WHERE 1 = 1");
-        push_task_filter(&mut q, filter);
-        if let Some(a) = after {
-            q.push(" AND seq > ").push_bind(seq(a));
-        }
-        q.push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows = q.build().fetch_all(&self.reader).await.map_err(ctx)?;
-        let mut items = rows
-            .iter()
-            .map(decode_task)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_after = page_end(&mut items, limit, |t| t.seq);
-        Ok(Page {
-            items,
-            total: u64::try_from(total).unwrap_or(0),
-            next_after,
-        })
     }
 
     async fn list_workflows(
@@ -263,32 +240,9 @@ impl TaskStore for SqliteStore {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Page<Workflow>, StorageError> {
-        let ctx = |e| storage_error("list workflows", e);
-        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM workflows WHERE 1 = 1");
-        push_workflow_filter(&mut count, filter);
-        let total: i64 = count
-            .build_query_scalar()
-            .fetch_one(&self.reader)
+        let push = |q: &mut QueryBuilder<'_, Sqlite>| push_workflow_filter(q, filter);
+        self.page("workflows", push, after, limit, decode_workflow, |w| w.seq)
             .await
-            .map_err(ctx)?;
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT seq, doc FROM workflows WHERE 1 = 1");
-        push_workflow_filter(&mut q, filter);
-        if let Some(a) = after {
-            q.push(" AND seq > ").push_bind(seq(a));
-        }
-        q.push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows = q.build().fetch_all(&self.reader).await.map_err(ctx)?;
-        let mut items = rows
-            .iter()
-            .map(decode_workflow)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_after = page_end(&mut items, limit, |w| w.seq);
-        Ok(Page {
-            items,
-            total: u64::try_from(total).unwrap_or(0),
-            next_after,
-        })
     }
 
     async fn count_tasks(&self) -> Result<Vec<(TaskStatus, u64)>, StorageError> {
@@ -309,6 +263,44 @@ impl TaskStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// A page of `table`'s records (those `push_filter` keeps) in creation
+    /// order after `after`, with how many match in all.
+    async fn page<T>(
+        &self,
+        table: &str,
+        push_filter: impl Fn(&mut QueryBuilder<'_, Sqlite>),
+        after: Option<u64>,
+        limit: u32,
+        decode: fn(&SqliteRow) -> Result<T, StorageError>,
+        seq_of: fn(&T) -> u64,
+    ) -> Result<Page<T>, StorageError> {
+        let ctx = |e| storage_error(&format!("list {table}"), e);
+        let mut count =
+            QueryBuilder::<Sqlite>::new(format!("SELECT COUNT(*) FROM {table} WHERE 1 = 1"));
+        push_filter(&mut count);
+        let total: i64 = count
+            .build_query_scalar()
+            .fetch_one(&self.reader)
+            .await
+            .map_err(ctx)?;
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT seq, doc FROM {table} WHERE 1 = 1"));
+        push_filter(&mut q);
+        if let Some(a) = after {
+            q.push(" AND seq > ").push_bind(seq(a));
+        }
+        q.push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.reader).await.map_err(ctx)?;
+        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let next_after = page_end(&mut items, limit, seq_of);
+        Ok(Page {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+            next_after,
+        })
+    }
+
     async fn tasks_where(
         &self,
         column: &str,
