@@ -25,6 +25,15 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// The name a value has on the wire (a status, a priority): its JSON
+/// string.
+pub(crate) fn name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// Prints a value as pretty JSON.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -276,10 +276,7 @@ pub(crate) async fn run(hub: &str, json: bool, cmd: TasksCommand) -> anyhow::Res
 }
 
 fn status(t: &Task) -> String {
-    serde_json::to_value(t.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    output::name(&t.status)
 }
 
 fn status_line(t: &Task) -> String {
@@ -294,10 +291,7 @@ fn row(t: &Task) -> Vec<String> {
     vec![
         t.id.clone(),
         t.task_type.clone(),
-        serde_json::to_value(t.priority)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        output::name(&t.priority),
         status(t),
         t.agent_id.clone().unwrap_or_else(|| "-".into()),
         format!("{}/{}", t.attempt, t.retry_policy.max_attempts),

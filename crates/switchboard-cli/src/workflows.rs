@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use switchboard_client::{Client, EventQuery, EventStream, From, WorkflowListQuery};
 use switchboard_wire::{CreateWorkflowRequest, Workflow, WorkflowStatus};
 
-use crate::output;
+use crate::output::{self, name};
 
 #[derive(Subcommand)]
 pub(crate) enum WorkflowsCommand {
@@ -232,13 +232,6 @@ async fn watch(
 
 fn is_final(s: WorkflowStatus) -> bool {
     !matches!(s, WorkflowStatus::Running | WorkflowStatus::Compensating)
-}
-
-fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn stages(w: &Workflow) {

@@ -45,6 +45,17 @@ pub use sweeper::Sweeper;
 /// The largest page a listing returns.
 pub const MAX_PAGE: u32 = 1000;
 
+/// What the rest of the hub may ask of an agent's liveness at any moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    /// Current status.
+    pub status: AgentStatus,
+    /// Tasks in hand, as last reported.
+    pub current_tasks: u32,
+    /// Last sign of life.
+    pub last_heartbeat_at: UnixMillis,
+}
+
 /// Liveness settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
@@ -238,10 +249,11 @@ impl Registry {
         })
     }
 
-    /// An agent's liveness as the hub knows it now (from memory, no IO):
-    /// status, reported load and last heartbeat.
-    pub fn liveness(&self, id: &str) -> Option<Liveness> {
-        self.live().get(id)
+    /// An agent's presence as the hub knows it now (from memory, no IO):
+    /// status, reported load and last heartbeat. Cheap enough for every
+    /// assignment decision.
+    pub fn presence(&self, id: &str) -> Option<Presence> {
+        self.live().presence(id)
     }
 
     /// The agent with its latest liveness.

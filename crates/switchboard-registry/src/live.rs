@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use switchboard_core::UnixMillis;
 
+use crate::Presence;
 use crate::agent::{AgentStatus, Heartbeat, Liveness, StatusChange};
 
 struct Entry {
@@ -55,6 +56,16 @@ impl LiveTable {
 
     pub(crate) fn get(&self, id: &str) -> Option<Liveness> {
         self.lock().get(id).map(|e| e.live.clone())
+    }
+
+    /// An agent's status, reported load and last heartbeat, without
+    /// copying the rest of its liveness.
+    pub(crate) fn presence(&self, id: &str) -> Option<Presence> {
+        self.lock().get(id).map(|e| Presence {
+            status: e.live.status,
+            current_tasks: e.live.current_tasks,
+            last_heartbeat_at: e.live.last_heartbeat_at,
+        })
     }
 
     /// Records state that was just read from or written to the store.

@@ -527,15 +527,14 @@ impl Engine {
         let claims = std::mem::take(&mut self.claims);
         let mut undelivered = Vec::new();
         for (reply, tasks) in claims {
-            let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
             match &failed {
                 // The reload below forgets the claim anyway.
                 Some(e) => {
                     let _ = reply.send(Err(TaskError::Storage(e.clone())));
                 }
                 None => {
-                    if reply.send(Ok(tasks)).is_err() {
-                        undelivered.extend(ids);
+                    if let Err(Ok(tasks)) = reply.send(Ok(tasks)) {
+                        undelivered.extend(tasks.into_iter().map(|t| t.id));
                     }
                 }
             }

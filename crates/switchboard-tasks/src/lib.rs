@@ -285,27 +285,28 @@ impl Tasks {
 
     /// How many tasks are in each status; every status is present.
     pub async fn count_tasks(&self) -> Result<Vec<(TaskStatus, u64)>, TaskError> {
-        let counts = self.store.count_tasks().await?;
-        Ok(TaskStatus::ALL
-            .into_iter()
-            .map(|s| {
-                let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
-                (s, n)
-            })
-            .collect())
+        Ok(every(TaskStatus::ALL, self.store.count_tasks().await?))
     }
 
     /// How many workflows are in each status; every status is present.
     pub async fn count_workflows(&self) -> Result<Vec<(WorkflowStatus, u64)>, TaskError> {
-        let counts = self.store.count_workflows().await?;
-        Ok(WorkflowStatus::ALL
-            .into_iter()
-            .map(|s| {
-                let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
-                (s, n)
-            })
-            .collect())
+        Ok(every(
+            WorkflowStatus::ALL,
+            self.store.count_workflows().await?,
+        ))
     }
+}
+
+/// A count for each of `all`, 0 where `counts` has none.
+fn every<S: PartialEq + Copy, const N: usize>(all: [S; N], counts: Vec<(S, u64)>) -> Vec<(S, u64)> {
+    all.into_iter()
+        .map(|s| {
+            (
+                s,
+                counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n),
+            )
+        })
+        .collect()
 }
 
 fn check_id(id: &str) -> Result<(), TaskError> {

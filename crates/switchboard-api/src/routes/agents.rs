@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use switchboard_core::FieldError;
 use switchboard_registry::{AgentFilter, AgentQuery, AgentStatus, MAX_PAGE, Registry};
@@ -37,17 +37,12 @@ pub(crate) async fn register(
     State(registry): State<Registry>,
     AppJson(body): AppJson<RegisterAgentRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (agent, created) = registry.register(convert::registration(body)).await?;
-    let mut headers = HeaderMap::new();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/agents/{}", agent.id)) {
-        headers.insert(header::LOCATION, loc);
-    }
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, headers, Json(convert::agent(agent))))
+    let (agent, is_new) = registry.register(convert::registration(body)).await?;
+    Ok(super::created(
+        format!("/api/v1/agents/{}", agent.id),
+        is_new,
+        convert::agent(agent),
+    ))
 }
 
 /// Record a heartbeat; brings a stale or offline agent back. A change of

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use switchboard_core::{FieldError, FieldErrors};
 use switchboard_tasks::{Claim, MAX_PAGE, TaskFilter, TaskStatus, Tasks};
@@ -11,6 +11,7 @@ use switchboard_wire::{
     UpdateTaskRequest,
 };
 
+use super::created;
 use crate::convert::tasks as convert;
 use crate::error::ApiError;
 use crate::extract::AppJson;
@@ -29,23 +30,6 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
             )])
         }),
     }
-}
-
-pub(crate) fn created<T: serde::Serialize>(
-    location: String,
-    created: bool,
-    body: T,
-) -> impl IntoResponse {
-    let mut headers = HeaderMap::new();
-    if let Ok(loc) = HeaderValue::from_str(&location) {
-        headers.insert(header::LOCATION, loc);
-    }
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    (status, headers, Json(body))
 }
 
 /// Create a task. It is queued at once (or `pending` until its

@@ -8,7 +8,8 @@ use switchboard_core::{FieldError, FieldErrors};
 use switchboard_tasks::{Tasks, WorkflowFilter, WorkflowStatus};
 use switchboard_wire::{CreateWorkflowRequest, Problem, Workflow, WorkflowList};
 
-use super::tasks::{created, idempotency_key, page_param};
+use super::created;
+use super::tasks::{idempotency_key, page_param};
 use crate::convert::tasks as convert;
 use crate::error::ApiError;
 use crate::extract::AppJson;

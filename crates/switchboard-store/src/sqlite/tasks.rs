@@ -187,11 +187,12 @@ impl TaskStore for SqliteStore {
     }
 
     async fn tasks(&self, ids: &[String]) -> Result<Vec<Task>, StorageError> {
-        self.tasks_where("id", ids).await
+        self.docs_where("tasks", "id", ids, decode_task).await
     }
 
     async fn tasks_by_key(&self, keys: &[String]) -> Result<Vec<Task>, StorageError> {
-        self.tasks_where("idempotency_key", keys).await
+        self.docs_where("tasks", "idempotency_key", keys, decode_task)
+            .await
     }
 
     async fn workflows(
@@ -199,27 +200,13 @@ impl TaskStore for SqliteStore {
         ids: &[String],
         keys: &[String],
     ) -> Result<Vec<Workflow>, StorageError> {
-        let mut out = Vec::new();
-        for (column, values) in [("id", ids), ("idempotency_key", keys)] {
-            for chunk in values.chunks(CHUNK) {
-                let mut q = QueryBuilder::<Sqlite>::new(format!(
-                    "SELECT doc FROM workflows WHERE {column} IN ("
-                ));
-                let mut sep = q.separated(", ");
-                for v in chunk {
-                    sep.push_bind(v);
-                }
-                q.push(")");
-                let rows = q
-                    .build()
-                    .fetch_all(&self.reader)
-                    .await
-                    .map_err(|e| storage_error("read workflows", e))?;
-                for r in &rows {
-                    out.push(decode_workflow(r)?);
-                }
-            }
-        }
+        let mut out = self
+            .docs_where("workflows", "id", ids, decode_workflow)
+            .await?;
+        let by_key = self
+            .docs_where("workflows", "idempotency_key", keys, decode_workflow)
+            .await?;
+        out.extend(by_key.into_iter().filter(|w| !ids.contains(&w.id)));
         Ok(out)
     }
 
@@ -301,15 +288,18 @@ impl SqliteStore {
         })
     }
 
-    async fn tasks_where(
+    /// The records of `table` whose `column` is one of `values`.
+    async fn docs_where<T>(
         &self,
+        table: &str,
         column: &str,
         values: &[String],
-    ) -> Result<Vec<Task>, StorageError> {
+        decode: fn(&SqliteRow) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
         let mut out = Vec::with_capacity(values.len());
         for chunk in values.chunks(CHUNK) {
             let mut q =
-                QueryBuilder::<Sqlite>::new(format!("SELECT doc FROM tasks WHERE {column} IN ("));
+                QueryBuilder::<Sqlite>::new(format!("SELECT doc FROM {table} WHERE {column} IN ("));
             let mut sep = q.separated(", ");
             for v in chunk {
                 sep.push_bind(v);
@@ -319,9 +309,9 @@ impl SqliteStore {
                 .build()
                 .fetch_all(&self.reader)
                 .await
-                .map_err(|e| storage_error("read tasks", e))?;
+                .map_err(|e| storage_error(&format!("read {table}"), e))?;
             for r in &rows {
-                out.push(decode_task(r)?);
+                out.push(decode(r)?);
             }
         }
         Ok(out)

@@ -202,7 +202,7 @@ impl Engine {
         if !known {
             return Err(TaskError::AgentNotFound(c.agent_id.clone()));
         }
-        match self.registry.liveness(&c.agent_id) {
+        match self.registry.presence(&c.agent_id) {
             Some(l) if l.status.is_live() => Ok(()),
             Some(l) => Err(TaskError::AgentUnavailable {
                 id: c.agent_id.clone(),
@@ -263,7 +263,7 @@ impl Engine {
             .agents
             .iter()
             .filter_map(|(id, info)| {
-                let live = self.registry.liveness(id)?;
+                let live = self.registry.presence(id)?;
                 if !live.status.is_live() || live.status == AgentStatus::Draining {
                     return None;
                 }
@@ -329,9 +329,10 @@ impl Engine {
                 match best {
                     Some(i) => {
                         cands[i].load += 1;
-                        self.assignments += 1;
-                        cands[i].last_assigned = self.assignments;
                         assign.push((id.clone(), i));
+                        // What `assign` will record, so ties later in this
+                        // pass go to the others.
+                        cands[i].last_assigned = self.assignments + assign.len() as u64;
                     }
                     None if needs.is_empty() => break,
                     None => {}
@@ -345,22 +346,7 @@ impl Engine {
 
     /// Gives a ready task to `agent`: a new attempt and a lease.
     fn assign(&mut self, id: &str, agent: &str, now: UnixMillis) {
-        let Some(t) = self.tasks.get(id) else {
-            return;
-        };
-        let key = super::ready_key(t);
-        match &t.assigned_agent {
-            Some(a) => {
-                if let Some(q) = self.agent_ready.get_mut(a) {
-                    q.remove(&key);
-                }
-            }
-            None => {
-                if let Some(q) = self.type_ready.get_mut(&t.task_type) {
-                    q.remove(&key);
-                }
-            }
-        }
+        self.unqueue(id);
         self.assignments += 1;
         if let Some(info) = self.agents.get_mut(agent) {
             info.last_assigned = self.assignments;

@@ -187,7 +187,7 @@ impl Engine {
     }
 
     /// Takes a task out of its ready queue, if it is in one.
-    fn unqueue(&mut self, id: &str) {
+    pub(super) fn unqueue(&mut self, id: &str) {
         let Some(t) = self.tasks.get(id) else {
             return;
         };
@@ -575,7 +575,7 @@ impl Engine {
         lease_at: UnixMillis,
         now: UnixMillis,
     ) -> Option<UnixMillis> {
-        let live = self.registry.liveness(agent)?;
+        let live = self.registry.presence(agent)?;
         let lease = self.lease_ms();
         let renewed_at = lease_at - lease;
         let until = live.last_heartbeat_at + lease;
