@@ -117,6 +117,38 @@ impl Pattern {
         }
         parts.next().is_none()
     }
+
+    /// Whether every topic `other` matches is also matched by `self`: a
+    /// grant of `self` allows a subscription to `other`.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let mut theirs = other.tokens.iter();
+        for mine in &self.tokens {
+            let Some(t) = theirs.next() else {
+                return false;
+            };
+            match (mine, t) {
+                (Token::Rest, _) => return true,
+                (Token::One, Token::Exact(_) | Token::One) => {}
+                (Token::Exact(a), Token::Exact(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+        theirs.next().is_none()
+    }
+
+    /// Whether some topic matches both patterns.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let (mut a, mut b) = (self.tokens.iter(), other.tokens.iter());
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (Some(Token::Rest), Some(_)) | (Some(_), Some(Token::Rest)) => return true,
+                (Some(Token::Exact(x)), Some(Token::Exact(y))) if x != y => return false,
+                (Some(_), Some(_)) => {}
+                _ => return false,
+            }
+        }
+    }
 }
 
 /// Maps patterns to keys and finds every key whose pattern matches a topic
@@ -294,6 +326,39 @@ mod tests {
         ("a.*.>", "a.b.c", true),
         ("a.*.>", "a.b", false),
     ];
+
+    #[test]
+    fn covers_and_overlaps() {
+        // (grant, subscription, covers, overlaps)
+        const PAIRS: &[(&str, &str, bool, bool)] = &[
+            (">", "a.b", true, true),
+            (">", ">", true, true),
+            ("a.>", "a.b.c", true, true),
+            ("a.>", "a.>", true, true),
+            ("a.>", "a", false, false),
+            ("a.>", ">", false, true),
+            ("a.*", "a.b", true, true),
+            ("a.*", "a.*", true, true),
+            ("a.*", "a.>", false, true),
+            ("a.b", "a.*", false, true),
+            ("a.b", "a.c", false, false),
+            ("a.*.c", "a.b.c", true, true),
+            ("a.*.c", "a.b.d", false, false),
+            ("inbox.*", "inbox.me", true, true),
+            ("inbox.me", "*.me", false, true),
+            ("inbox.me", "task.>", false, false),
+            ("*", "a.b", false, false),
+        ];
+        for (grant, sub, covers, overlaps) in PAIRS {
+            let (g, s) = (
+                Pattern::parse(grant).expect("grant"),
+                Pattern::parse(sub).expect("sub"),
+            );
+            assert_eq!(g.covers(&s), *covers, "{grant} covers {sub}");
+            assert_eq!(g.overlaps(&s), *overlaps, "{grant} overlaps {sub}");
+            assert_eq!(s.overlaps(&g), *overlaps, "{sub} overlaps {grant}");
+        }
+    }
 
     #[test]
     fn pattern_and_index_agree_on_every_case() {

@@ -59,6 +59,11 @@ impl FieldErrors {
         self.0.push(FieldError::new(field, reason));
     }
 
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// `Ok(())` when nothing was recorded, otherwise every recorded error.
     pub fn finish(self) -> Result<(), Vec<FieldError>> {
         if self.0.is_empty() {
