@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::storage_error;
 
 mod agents;
+mod auth;
 mod batch;
 mod events;
 mod groups;
