@@ -9,6 +9,15 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The admin credential every benchmarked hub accepts; the load sends it
+/// on every request, so each figure includes authenticating it.
+pub(crate) const TOKEN: &str = "switchboard-bench-admin-token-0123456789abcdef";
+
+/// `Authorization` for [`TOKEN`].
+pub(crate) fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
 /// A running hub; killed when dropped.
 pub(crate) struct Hub {
     pub(crate) addr: SocketAddr,
@@ -25,6 +34,7 @@ impl Hub {
             .arg(data.path())
             .args(extra)
             .env("SWITCHBOARD_LOG", "warn")
+            .env("SWITCHBOARD_ADMIN_TOKEN", TOKEN)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

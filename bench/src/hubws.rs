@@ -21,7 +21,8 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Ws> {
     let tcp = TcpStream::connect(addr).await.context("connect")?;
     tcp.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+    let url = format!("ws://{addr}/ws?access_token={}", crate::hub::TOKEN);
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
         .await
         .context("websocket handshake")?;
     Ok(ws)

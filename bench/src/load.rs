@@ -135,7 +135,8 @@ async fn worker(
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", addr.to_string());
+            .header("host", addr.to_string())
+            .header("authorization", crate::hub::bearer());
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
@@ -179,6 +180,7 @@ pub(crate) async fn send_all(
             .method(method)
             .uri(&path)
             .header("host", addr.to_string())
+            .header("authorization", crate::hub::bearer())
             .header("content-type", "application/json")
             .body(Full::new(body.unwrap_or_default()))?;
         send.ready().await?;

@@ -145,6 +145,7 @@ impl Conn {
         let req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
+            .header("authorization", crate::hub::bearer())
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
         let mut send = self.send.clone();

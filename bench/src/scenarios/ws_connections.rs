@@ -351,7 +351,8 @@ impl Conn {
     async fn open(target: Target, source: Ipv4Addr) -> anyhow::Result<Self> {
         match target {
             Target::Switchboard { addr } => {
-                let mut ws = ws_from(source, addr, "/ws").await?;
+                let path = format!("/ws?access_token={}", crate::hub::TOKEN);
+                let mut ws = ws_from(source, addr, &path).await?;
                 ws.send(Message::Text(
                     format!(r#"{{"op":"subscribe","id":"s","topics":["{TOPIC}"]}}"#).into(),
                 ))

@@ -56,6 +56,7 @@ pub(crate) fn agent(a: reg::Agent) -> wire::Agent {
         updated_at: time(a.updated_at),
         last_heartbeat_at: time(a.last_heartbeat_at),
         status_changed_at: time(a.status_changed_at),
+        credentials: None,
     }
 }
 

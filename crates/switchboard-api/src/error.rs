@@ -26,6 +26,8 @@ struct Repr {
     fields: Vec<FieldError>,
     details: Value,
     retry_after: Option<u64>,
+    /// `WWW-Authenticate`, for 401 answers.
+    challenge: Option<String>,
     /// The cause of a server error; logged, never sent.
     internal: Option<String>,
 }
@@ -40,8 +42,30 @@ impl ApiError {
             fields: Vec::new(),
             details: Value::Null,
             retry_after: None,
+            challenge: None,
             internal: None,
         }))
+    }
+
+    /// 401: no credential, or one that is refused. `reason` goes into the
+    /// `WWW-Authenticate` challenge (RFC 6750).
+    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, code, detail.clone());
+        e.0.challenge = Some(if code == "UNAUTHENTICATED" {
+            r#"Bearer realm="switchboard""#.to_owned()
+        } else {
+            format!(
+                r#"Bearer realm="switchboard", error="invalid_token", error_description="{}""#,
+                detail.replace('"', "'")
+            )
+        });
+        e
+    }
+
+    /// 403: the caller is known but may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", detail)
     }
 
     /// 422: the body was JSON but some fields are wrong.
@@ -104,6 +128,11 @@ impl ApiError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         self.0.code
+    }
+
+    /// The message for the client.
+    pub fn detail(&self) -> &str {
+        &self.0.detail
     }
 }
 
@@ -172,7 +201,47 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(v) = e.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp.extensions_mut().insert(ErrorCode(e.code));
         resp
+    }
+}
+
+/// The stable code of an error answer, left on the response for the
+/// middleware that audits it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorCode(pub(crate) &'static str);
+
+impl From<switchboard_core::StorageError> for ApiError {
+    fn from(e: switchboard_core::StorageError) -> Self {
+        switchboard_auth::AuthError::Storage(e).into()
+    }
+}
+
+impl From<switchboard_auth::AuthError> for ApiError {
+    fn from(e: switchboard_auth::AuthError) -> Self {
+        use switchboard_auth::AuthError as E;
+        match e {
+            E::Invalid(fields) => Self::validation(fields),
+            E::InvalidClient => Self::unauthorized(
+                "INVALID_CLIENT",
+                "client authentication failed: unknown client, or a wrong or expired secret",
+            ),
+            E::InvalidScope(why) => Self::new(StatusCode::BAD_REQUEST, "INVALID_SCOPE", why),
+            E::NotFound { code, what } => {
+                Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
+            }
+            E::Storage(s) if s.is_retryable() => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                "the store is busy or unavailable; try again",
+            )
+            .with_retry_after(1),
+            E::Storage(s) => Self::internal(s.to_string()),
+            E::Internal(why) => Self::internal(why),
+        }
     }
 }
 

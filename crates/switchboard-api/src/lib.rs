@@ -11,6 +11,8 @@
 //! - `extract`: the JSON extractor whose rejections name the bad field.
 //! - `context`: the correlation id of the request being answered.
 //! - `middleware`: the layer stack and its order.
+//! - `access`: authentication, rate limits, authorization and audit on
+//!   every route, from each route's OpenAPI `security` requirement.
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+mod access;
 mod context;
 mod convert;
 mod error;
@@ -34,7 +37,7 @@ pub use context::CORRELATION_ID;
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks};
 
-use routes::{agents, events, groups, messages, system, tasks, workflows, ws};
+use routes::{agents, audit, auth, events, groups, messages, system, tasks, workflows, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,11 +53,30 @@ use routes::{agents, events, groups, messages, system, tasks, workflows, ws};
         (name = "messages", description = "Direct messages and request-response between agents"),
         (name = "tasks", description = "The task queue: create, claim, report, cancel"),
         (name = "workflows", description = "Workflows: DAGs of stages with failure strategies and compensation"),
+        (name = "auth", description = "Tokens, API keys, signing keys, revocation"),
+        (name = "audit", description = "The hash-chained audit log"),
         (name = "system", description = "Health, readiness, metrics, this document"),
     ),
-    components(schemas(switchboard_wire::Problem))
+    components(schemas(switchboard_wire::Problem)),
+    modifiers(&BearerScheme)
 )]
 struct ApiDoc;
+
+/// Declares the `bearer` scheme each route's `security` refers to.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "A token from POST /api/v1/auth/token (agents, client credentials) or an API key (sbk_...)"
+                .into(),
+        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 fn route_table() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -67,6 +89,21 @@ fn route_table() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::list))
         .routes(routes!(agents::get, agents::remove))
         .routes(routes!(agents::heartbeat))
+        .routes(routes!(
+            agents::rotate_credentials,
+            agents::revoke_credentials
+        ))
+        .routes(routes!(agents::get_acl, agents::set_acl))
+        .routes(routes!(auth::token))
+        .routes(routes!(auth::jwks))
+        .routes(routes!(auth::whoami))
+        .routes(routes!(auth::revoke))
+        .routes(routes!(auth::create_api_key, auth::list_api_keys))
+        .routes(routes!(auth::revoke_api_key))
+        .routes(routes!(auth::list_keys))
+        .routes(routes!(auth::rotate_key))
+        .routes(routes!(audit::list_audit))
+        .routes(routes!(audit::verify_audit))
         .routes(routes!(events::publish, events::read))
         .routes(routes!(events::stream))
         .routes(routes!(groups::list_groups))
@@ -109,6 +146,7 @@ struct OpenApiJson(Arc<str>);
 #[utoipa::path(
     get,
     path = "/api/v1/openapi.json",
+    security(()),
     tag = "system",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]
@@ -121,15 +159,33 @@ async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> Response {
     resp
 }
 
+/// Routes whose authorization rule is missing or unreadable; a route in
+/// this list is refused to everyone.
+pub fn policy_problems() -> Vec<String> {
+    access::Policies::from_openapi(&openapi()).1
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = route_table().split_for_parts();
+    let (policies, problems) = access::Policies::from_openapi(&doc);
+    for problem in problems {
+        tracing::error!(%problem, "route without an authorization rule: refused to everyone");
+    }
     let doc = doc
         .to_json()
         .unwrap_or_else(|e| format!(r#"{{"error": "could not render the document: {e}"}}"#));
     let metrics = state.metrics.clone();
     let config = state.config.clone();
+    let access = access::Access::new(
+        state.auth.clone(),
+        state.bus.clone(),
+        state.metrics.clone(),
+        policies,
+        config.audit_data_plane,
+    );
     let router = routes
+        .route_layer(axum::middleware::from_fn_with_state(access, access::guard))
         .layer(Extension(OpenApiJson(doc.into())))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,6 +1,8 @@
 //! The routes, one module per resource.
 
 pub(crate) mod agents;
+pub(crate) mod audit;
+pub(crate) mod auth;
 pub(crate) mod events;
 pub(crate) mod groups;
 pub(crate) mod messages;

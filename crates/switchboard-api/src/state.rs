@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
+use switchboard_auth::Auth;
 use switchboard_bus::Bus;
 use switchboard_bus::groups::Groups;
 use switchboard_core::Readiness;
@@ -21,6 +22,10 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// How often the hub pings each WebSocket.
     pub ws_heartbeat_interval: Duration,
+    /// Whether high-volume data-plane calls (heartbeats, publishes, acks,
+    /// claims, task reports, messages) are audited too; their refusals
+    /// always are.
+    pub audit_data_plane: bool,
 }
 
 impl Default for ApiConfig {
@@ -29,6 +34,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             ws_heartbeat_interval: Duration::from_secs(30),
+            audit_data_plane: false,
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct AppState {
     pub groups: Groups,
     /// The task queue and workflows.
     pub tasks: Tasks,
+    /// Identity, access and audit.
+    pub auth: Auth,
     /// The metrics.
     pub metrics: Metrics,
     /// Readiness checks.

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use switchboard_client::{AgentListQuery, Client};
-use switchboard_wire::{Agent, HeartbeatRequest, RegisterAgentRequest, ReportedStatus};
+use switchboard_wire::{
+    Agent, AgentCredentials, HeartbeatRequest, RegisterAgentRequest, ReportedStatus, TopicAcl,
+};
 
 use crate::output;
 
@@ -72,15 +74,73 @@ pub(crate) enum AgentsCommand {
         #[arg(long)]
         current_tasks: Option<u32>,
     },
-    /// Remove an agent.
+    /// Remove an agent (its credentials stop working at once).
     Remove {
+        /// Agent id.
+        id: String,
+    },
+    /// Rotate or revoke an agent's client credentials.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Show or set the topics an agent may publish and subscribe to.
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CredentialsCommand {
+    /// Issue a new client secret (printed once); the old ones keep working
+    /// for the grace period.
+    Rotate {
+        /// Agent id.
+        id: String,
+        /// How long the old secrets keep working, in seconds (the hub's
+        /// auth.secret_grace when absent).
+        #[arg(long)]
+        grace_seconds: Option<u64>,
+    },
+    /// Revoke every client secret and token of the agent.
+    Revoke {
         /// Agent id.
         id: String,
     },
 }
 
-pub(crate) async fn run(hub: &str, json: bool, cmd: AgentsCommand) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+#[derive(Subcommand)]
+pub(crate) enum AclCommand {
+    /// Print the agent's ACL.
+    Get {
+        /// Agent id.
+        id: String,
+    },
+    /// Replace the agent's ACL (topic patterns; `{agent_id}` stands for its id).
+    Set {
+        /// Agent id.
+        id: String,
+        /// Patterns it may publish on (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        publish: Vec<String>,
+        /// Patterns it may subscribe to (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        subscribe: Vec<String>,
+    },
+}
+
+/// Prints new client credentials, which the hub shows only once.
+fn print_credentials(c: &AgentCredentials) {
+    println!("client credentials (shown once; keep the secret safe):");
+    println!("  client_id:     {}", c.client_id);
+    println!("  client_secret: {}", c.client_secret);
+    println!(
+        "  get a token:   switchboard auth token --client-id {} --client-secret <secret>",
+        c.client_id
+    );
+    if let Some(t) = c.previous_valid_until {
+        println!("  the previous secret works until {}", t.to_rfc3339());
+    }
+}
+
+pub(crate) async fn run(client: Client, json: bool, cmd: AgentsCommand) -> anyhow::Result<()> {
     match cmd {
         AgentsCommand::List {
             agent_type,
@@ -156,6 +216,9 @@ pub(crate) async fn run(hub: &str, json: bool, cmd: AgentsCommand) -> anyhow::Re
             } else {
                 let verb = if created { "registered" } else { "updated" };
                 println!("{verb} agent {}", agent.id);
+                if let Some(c) = &agent.credentials {
+                    print_credentials(c);
+                }
                 Ok(())
             }
         }
@@ -195,6 +258,36 @@ pub(crate) async fn run(hub: &str, json: bool, cmd: AgentsCommand) -> anyhow::Re
                 );
                 Ok(())
             }
+        }
+        AgentsCommand::Credentials(CredentialsCommand::Rotate { id, grace_seconds }) => {
+            let c = client.rotate_credentials(&id, grace_seconds).await?;
+            if json {
+                output::json(&c)
+            } else {
+                print_credentials(&c);
+                Ok(())
+            }
+        }
+        AgentsCommand::Credentials(CredentialsCommand::Revoke { id }) => {
+            client.revoke_credentials(&id).await?;
+            if !json {
+                println!("revoked every secret and token of agent {id}");
+            }
+            Ok(())
+        }
+        AgentsCommand::Acl(AclCommand::Get { id }) => {
+            let acl = client.get_acl(&id).await?;
+            print_acl(json, &acl)
+        }
+        AgentsCommand::Acl(AclCommand::Set {
+            id,
+            publish,
+            subscribe,
+        }) => {
+            let acl = client
+                .set_acl(&id, &TopicAcl { publish, subscribe })
+                .await?;
+            print_acl(json, &acl)
         }
         AgentsCommand::Remove { id } => {
             client.remove_agent(&id).await?;
@@ -267,4 +360,13 @@ fn print_agent(a: &Agent) {
         vec!["last_heartbeat_at".into(), a.last_heartbeat_at.to_rfc3339()],
     ];
     output::table(&["FIELD", "VALUE"], &rows);
+}
+
+fn print_acl(json: bool, acl: &TopicAcl) -> anyhow::Result<()> {
+    if json {
+        return output::json(acl);
+    }
+    println!("publish:   {}", acl.publish.join(", "));
+    println!("subscribe: {}", acl.subscribe.join(", "));
+    Ok(())
 }

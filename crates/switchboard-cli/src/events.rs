@@ -81,8 +81,7 @@ fn parse_filter(f: Option<&str>) -> anyhow::Result<Option<Map<String, Value>>> {
     .transpose()
 }
 
-pub(crate) async fn publish(hub: &str, json: bool, args: PublishArgs) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn publish(client: Client, json: bool, args: PublishArgs) -> anyhow::Result<()> {
     let events: Vec<PublishEvent> = match &args.file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -160,8 +159,11 @@ fn print_event(e: &CloudEvent, json: bool) -> anyhow::Result<()> {
 
 /// Streams events until `--count` or Ctrl-C. When the connection drops it
 /// reconnects, resuming after the last event printed, so nothing is missed.
-pub(crate) async fn subscribe(hub: &str, json: bool, args: SubscribeArgs) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn subscribe(
+    client: Client,
+    json: bool,
+    args: SubscribeArgs,
+) -> anyhow::Result<()> {
     let from = match (args.after, args.from_time.as_deref()) {
         (Some(o), _) => From::After(o),
         (None, Some(t)) => From::Time(
@@ -213,8 +215,7 @@ pub(crate) async fn subscribe(hub: &str, json: bool, args: SubscribeArgs) -> any
     }
 }
 
-pub(crate) async fn run(hub: &str, json: bool, cmd: EventsCommand) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn run(client: Client, json: bool, cmd: EventsCommand) -> anyhow::Result<()> {
     match cmd {
         EventsCommand::Read {
             patterns,

@@ -100,8 +100,7 @@ fn parse_start(s: &str) -> anyhow::Result<GroupStart> {
     })
 }
 
-pub(crate) async fn run(hub: &str, json: bool, cmd: GroupsCommand) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn run(client: Client, json: bool, cmd: GroupsCommand) -> anyhow::Result<()> {
     match cmd {
         GroupsCommand::Create {
             name,
@@ -185,8 +184,7 @@ pub(crate) async fn run(hub: &str, json: bool, cmd: GroupsCommand) -> anyhow::Re
     Ok(())
 }
 
-pub(crate) async fn dlq(hub: &str, json: bool, cmd: DlqCommand) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn dlq(client: Client, json: bool, cmd: DlqCommand) -> anyhow::Result<()> {
     let some = |v: Vec<u64>| (!v.is_empty()).then_some(v);
     match cmd {
         DlqCommand::List {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agents;
+mod auth;
 mod events;
 mod groups;
 mod messages;
@@ -43,6 +44,10 @@ struct Cli {
         default_value = "http://127.0.0.1:7878"
     )]
     hub: String,
+    /// The credential to send: an API key or a token (else the one
+    /// `switchboard login` stored for this hub).
+    #[arg(long, global = true, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -54,6 +59,14 @@ struct Cli {
 enum Command {
     /// Run the hub.
     Serve(serve::ServeArgs),
+    /// Check a token or API key and keep it for this hub's URL.
+    Login(auth::LoginArgs),
+    /// Tokens, API keys and signing keys.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Read the audit log and check its hash chain.
+    #[command(subcommand)]
+    Audit(auth::AuditCommand),
     /// Register, find and remove agents.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
@@ -95,27 +108,49 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let json = cli.json;
+        let connect = || -> anyhow::Result<switchboard_client::Client> {
+            let client = switchboard_client::Client::new(&cli.hub)?;
+            let token = cli.token.clone().or_else(|| auth::stored_token(&cli.hub));
+            Ok(match token {
+                Some(t) => client.with_token(&t),
+                None => client,
+            })
+        };
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
-            Command::Agents(cmd) => agents::run(&cli.hub, cli.json, cmd).await,
-            Command::Publish(args) => events::publish(&cli.hub, cli.json, args).await,
-            Command::Subscribe(args) => events::subscribe(&cli.hub, cli.json, args).await,
-            Command::Events(cmd) => events::run(&cli.hub, cli.json, cmd).await,
-            Command::Groups(cmd) => groups::run(&cli.hub, cli.json, cmd).await,
-            Command::Send(args) => messages::send(&cli.hub, cli.json, args).await,
-            Command::Request(args) => messages::request(&cli.hub, cli.json, args).await,
-            Command::Dlq(cmd) => groups::dlq(&cli.hub, cli.json, cmd).await,
-            Command::Tasks(cmd) => tasks::run(&cli.hub, cli.json, cmd).await,
-            Command::Workflows(cmd) => workflows::run(&cli.hub, cli.json, cmd).await,
+            Command::Login(args) => {
+                let client = switchboard_client::Client::new(&cli.hub)?;
+                auth::login(&cli.hub, client, args).await
+            }
+            Command::Auth(cmd) => auth::run(connect()?, json, cmd).await,
+            Command::Audit(cmd) => auth::audit(connect()?, json, cmd).await,
+            Command::Agents(cmd) => agents::run(connect()?, json, cmd).await,
+            Command::Publish(args) => events::publish(connect()?, json, args).await,
+            Command::Subscribe(args) => events::subscribe(connect()?, json, args).await,
+            Command::Events(cmd) => events::run(connect()?, json, cmd).await,
+            Command::Groups(cmd) => groups::run(connect()?, json, cmd).await,
+            Command::Send(args) => messages::send(connect()?, json, args).await,
+            Command::Request(args) => messages::request(connect()?, json, args).await,
+            Command::Dlq(cmd) => groups::dlq(connect()?, json, cmd).await,
+            Command::Tasks(cmd) => tasks::run(connect()?, json, cmd).await,
+            Command::Workflows(cmd) => workflows::run(connect()?, json, cmd).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard: {e:#}");
-            if e.downcast_ref::<switchboard_client::ClientError>()
-                .is_some_and(switchboard_client::ClientError::is_unreachable)
+            let client_error = e.downcast_ref::<switchboard_client::ClientError>();
+            if client_error
+                .and_then(switchboard_client::ClientError::problem)
+                .is_some_and(|p| p.status == 401)
             {
+                eprintln!(
+                    "the hub wants a credential: pass --token (or SWITCHBOARD_TOKEN), or run `switchboard login`"
+                );
+            }
+            if client_error.is_some_and(switchboard_client::ClientError::is_unreachable) {
                 eprintln!(
                     "is the hub running? start it with `switchboard serve`, or point --hub / SWITCHBOARD_URL at it"
                 );

@@ -50,8 +50,7 @@ fn body(args: MessageArgs) -> anyhow::Result<SendMessageRequest> {
     })
 }
 
-pub(crate) async fn send(hub: &str, json: bool, args: MessageArgs) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn send(client: Client, json: bool, args: MessageArgs) -> anyhow::Result<()> {
     let sent = client.send_message(&body(args)?).await?;
     if json {
         return output::json(&sent);
@@ -63,8 +62,7 @@ pub(crate) async fn send(hub: &str, json: bool, args: MessageArgs) -> anyhow::Re
     Ok(())
 }
 
-pub(crate) async fn request(hub: &str, json: bool, args: MessageArgs) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn request(client: Client, json: bool, args: MessageArgs) -> anyhow::Result<()> {
     let reply = client.request(&body(args)?).await?;
     if json {
         return output::json(&reply);

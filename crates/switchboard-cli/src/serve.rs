@@ -28,6 +28,15 @@ pub(crate) struct ServeArgs {
     /// The largest request body accepted, in bytes.
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    /// An admin credential to accept (at least 32 characters), for
+    /// automation; without it the hub makes an admin API key on first
+    /// start and prints it once.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Serve plain HTTP on a non-loopback address (credentials then cross
+    /// the network in clear).
+    #[arg(long)]
+    insecure_plain_http: bool,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -44,6 +53,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         heartbeat_interval: args.heartbeat_interval,
         max_body_bytes: args.max_body_bytes,
+        admin_token: args.admin_token,
+        allow_plain_http: args.insecure_plain_http,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     // Every connection is a file descriptor: take all the system allows.
@@ -55,7 +66,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving plain HTTP on a non-loopback address: tokens and secrets cross the network in clear"
+        );
+    }
     let hub = switchboard_server::Hub::open(config).await?;
+    if let Some(key) = hub.first_admin_key() {
+        // Shown once, on stderr (stdout carries only the address line).
+        eprintln!(
+            "\nswitchboard: this is a new hub; its admin API key is printed this once:\n\n    {key}\n\n\
+             use it with `switchboard login --token {key}` or SWITCHBOARD_TOKEN,\n\
+             or as `Authorization: Bearer {key}`; the hub keeps only its hash.\n"
+        );
+    }
     // The one line on stdout: scripts and tests read the bound address here.
     println!("switchboard listening on http://{addr}");
     std::io::stdout().flush()?;

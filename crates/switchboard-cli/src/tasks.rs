@@ -132,8 +132,7 @@ fn named<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> anyhow::Res
         .with_context(|| format!("{flag} {value:?} is not one of the accepted names"))
 }
 
-pub(crate) async fn run(hub: &str, json: bool, cmd: TasksCommand) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn run(client: Client, json: bool, cmd: TasksCommand) -> anyhow::Result<()> {
     match cmd {
         TasksCommand::Create {
             task_type,

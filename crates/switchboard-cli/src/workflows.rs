@@ -52,8 +52,7 @@ pub(crate) enum WorkflowsCommand {
     },
 }
 
-pub(crate) async fn run(hub: &str, json: bool, cmd: WorkflowsCommand) -> anyhow::Result<()> {
-    let client = Client::new(hub)?;
+pub(crate) async fn run(client: Client, json: bool, cmd: WorkflowsCommand) -> anyhow::Result<()> {
     match cmd {
         WorkflowsCommand::Create {
             file,

@@ -23,6 +23,7 @@ use switchboard_wire::{
 };
 use url::Url;
 
+mod auth;
 mod tasks;
 
 pub use tasks::{TaskListQuery, WorkflowListQuery};
@@ -118,6 +119,8 @@ pub struct Client {
     http: reqwest::Client,
     /// Without an overall timeout: streams are endless.
     stream_http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` on every request.
+    token: Option<std::sync::Arc<str>>,
 }
 
 impl Client {
@@ -149,7 +152,27 @@ impl Client {
             base: url,
             http,
             stream_http,
+            token: None,
         })
+    }
+
+    /// The same client, sending `token` (an API key or a JWT) as its
+    /// credential.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.trim().into());
+        self
+    }
+
+    /// The credential this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     /// The hub's base URL.
@@ -173,7 +196,7 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> Result<(StatusCode, T), ClientError> {
-        let mut req = self.http.request(method, self.url(path)?).query(query);
+        let mut req = self.authorize(self.http.request(method, self.url(path)?).query(query));
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -577,11 +600,12 @@ impl Client {
         last_event_id: Option<u64>,
     ) -> Result<EventStream, ClientError> {
         let url = self.url("api/v1/events/stream")?;
-        let mut req = self
-            .stream_http
-            .get(url)
-            .query(&q.pairs())
-            .header("accept", "text/event-stream");
+        let mut req = self.authorize(
+            self.stream_http
+                .get(url)
+                .query(&q.pairs())
+                .header("accept", "text/event-stream"),
+        );
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }

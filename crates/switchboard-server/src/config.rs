@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchboard_api::ApiConfig;
+use switchboard_auth::{AclTemplate, AuthConfig, Quota, Role};
 use switchboard_bus::BusConfig;
 use switchboard_core::FieldError;
 use switchboard_registry::RegistryConfig;
@@ -43,6 +44,10 @@ pub struct Config {
     pub tasks: TasksConfig,
     /// Durability of the embedded store.
     pub synchronous: Synchronous,
+    /// Identity, access, rate limits.
+    pub auth: AuthConfig,
+    /// Serve plain HTTP on a non-loopback address (without TLS).
+    pub allow_plain_http: bool,
 }
 
 impl Default for Config {
@@ -58,6 +63,8 @@ impl Default for Config {
             bus: BusConfig::default(),
             tasks: TasksConfig::default(),
             synchronous: Synchronous::Normal,
+            auth: AuthConfig::default(),
+            allow_plain_http: false,
         }
     }
 }
@@ -74,6 +81,10 @@ pub struct Overrides {
     pub heartbeat_interval: Option<String>,
     /// `--max-body-bytes` / `SWITCHBOARD_MAX_BODY_BYTES`.
     pub max_body_bytes: Option<usize>,
+    /// `SWITCHBOARD_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+    /// `--insecure-plain-http`.
+    pub allow_plain_http: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +104,96 @@ struct FileConfig {
     bus: FileBus,
     #[serde(default)]
     tasks: FileTasks,
+    #[serde(default)]
+    auth: FileAuth,
+    #[serde(default)]
+    rate_limit: FileRateLimit,
+    #[serde(default)]
+    audit: FileAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    enabled: Option<bool>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    token_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    leeway: Option<Duration>,
+    signing_algorithm: Option<String>,
+    admin_token: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    secret_grace: Option<Duration>,
+    failure_threshold: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    failure_window: Option<Duration>,
+    agent_acl: Option<FileAcl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAcl {
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+}
+
+/// A quota, or the word `unlimited`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum FileQuota {
+    Word(String),
+    Rate { per_second: f64, burst: Option<u32> },
+}
+
+impl FileQuota {
+    fn quota(&self, field: &str, errs: &mut Vec<FieldError>) -> Option<Quota> {
+        match self {
+            FileQuota::Word(w) if w == "unlimited" => None,
+            FileQuota::Word(w) => {
+                errs.push(FieldError::new(
+                    field,
+                    format!("{w:?} is not a limit; give {{ per_second = N, burst = M }} or \"unlimited\""),
+                ));
+                None
+            }
+            FileQuota::Rate { per_second, burst } => {
+                if !(per_second.is_finite() && *per_second > 0.0) {
+                    errs.push(FieldError::new(field, "per_second must be more than 0"));
+                    return None;
+                }
+                // A burst of one second's worth unless given.
+                let burst = burst.unwrap_or_else(|| per_second.ceil().max(1.0) as u32);
+                if burst == 0 {
+                    errs.push(FieldError::new(field, "burst must be at least 1"));
+                }
+                Some(Quota {
+                    per_second: *per_second,
+                    burst,
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimit {
+    enabled: Option<bool>,
+    anonymous: Option<FileQuota>,
+    #[serde(default)]
+    roles: std::collections::BTreeMap<String, FileQuota>,
+    #[serde(default)]
+    principals: std::collections::BTreeMap<String, FileQuota>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAudit {
+    data_plane: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,6 +403,30 @@ impl Config {
         if let Some(n) = f.tasks.default_agent_capacity {
             c.tasks.default_agent_capacity = n;
         }
+        c.build_auth(f.auth, f.rate_limit, o, &mut errs);
+        if let Some(d) = f.audit.data_plane {
+            c.http.audit_data_plane = d;
+        }
+        c.allow_plain_http = o.allow_plain_http;
+        if !c.listen.ip().is_loopback() && !c.allow_plain_http {
+            errs.push(FieldError::new(
+                "listen",
+                format!(
+                    "{} is not a loopback address: serving plain HTTP there would expose credentials; \
+                     pass --insecure-plain-http to do it anyway",
+                    c.listen
+                ),
+            ));
+        }
+        if !c.auth.enabled && !c.listen.ip().is_loopback() {
+            errs.push(FieldError::new(
+                "auth.enabled",
+                "authentication may be turned off only on a loopback address",
+            ));
+        }
+        if let Err(mut e) = c.auth.validate() {
+            errs.append(&mut e);
+        }
         if let Err(mut e) = c.registry.validate() {
             errs.append(&mut e);
         }
@@ -312,6 +437,75 @@ impl Config {
             Ok(c)
         } else {
             Err(ServerError::Config(errs))
+        }
+    }
+
+    fn build_auth(
+        &mut self,
+        f: FileAuth,
+        r: FileRateLimit,
+        o: &Overrides,
+        errs: &mut Vec<FieldError>,
+    ) {
+        let a = &mut self.auth;
+        if let Some(e) = f.enabled {
+            a.enabled = e;
+        }
+        if let Some(i) = f.issuer {
+            a.issuer = i;
+        }
+        if let Some(au) = f.audience {
+            a.audience = au;
+        }
+        if let Some(t) = f.token_ttl {
+            a.token_ttl = t;
+        }
+        if let Some(l) = f.leeway {
+            a.leeway = l;
+        }
+        if let Some(alg) = f.signing_algorithm {
+            match alg.parse() {
+                Ok(v) => a.signing_algorithm = v,
+                Err(reason) => errs.push(FieldError::new("auth.signing_algorithm", reason)),
+            }
+        }
+        a.admin_token = o.admin_token.clone().or(f.admin_token);
+        if let Some(g) = f.secret_grace {
+            a.secret_grace = g;
+        }
+        if let Some(n) = f.failure_threshold {
+            a.failure_threshold = n;
+        }
+        if let Some(w) = f.failure_window {
+            a.failure_window = w;
+        }
+        if let Some(acl) = f.agent_acl {
+            a.agent_acl = AclTemplate {
+                publish: acl.publish,
+                subscribe: acl.subscribe,
+            };
+        }
+        let limits = &mut a.rate_limits;
+        if let Some(e) = r.enabled {
+            limits.enabled = e;
+        }
+        if let Some(q) = r.anonymous {
+            limits.anonymous = q.quota("rate_limit.anonymous", errs);
+        }
+        for (name, q) in r.roles {
+            let field = format!("rate_limit.roles.{name}");
+            match name.parse::<Role>() {
+                Ok(role) => {
+                    let quota = q.quota(&field, errs);
+                    limits.roles.insert(role, quota);
+                }
+                Err(reason) => errs.push(FieldError::new(field, reason)),
+            }
+        }
+        for (name, q) in r.principals {
+            let field = format!("rate_limit.principals.{name}");
+            let quota = q.quota(&field, errs);
+            limits.principals.insert(name, quota);
         }
     }
 

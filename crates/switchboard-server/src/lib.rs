@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use switchboard_api::{AppState, Checks};
+use switchboard_auth::{AuditWriter, Auth};
 use switchboard_bus::Bus;
 use switchboard_bus::groups::Groups;
 use switchboard_core::{Clock, FieldError, StorageError};
@@ -42,6 +43,9 @@ pub enum ServerError {
     /// The registry could not be loaded.
     #[error("registry: {0}")]
     Registry(String),
+    /// Credentials or keys could not be loaded.
+    #[error("auth: {0}")]
+    Auth(String),
     /// Listening or serving failed.
     #[error("serve: {0}")]
     Io(#[from] std::io::Error),
@@ -53,6 +57,9 @@ pub struct Hub {
     store: SqliteStore,
     state: AppState,
     engine: Engine,
+    audit_writer: AuditWriter,
+    audit_stop: CancellationToken,
+    first_admin_key: Option<String>,
 }
 
 impl Hub {
@@ -85,7 +92,24 @@ impl Hub {
         )
         .await
         .map_err(|e| ServerError::Registry(format!("tasks: {e}")))?;
+        // The audit writer outlives the server's drain, so requests that
+        // finish during it are still recorded.
+        let audit_stop = CancellationToken::new();
+        let opened = Auth::open(
+            Arc::new(store.clone()),
+            config.auth.clone(),
+            Clock::system(),
+            audit_stop.clone(),
+        )
+        .await
+        .map_err(|e| ServerError::Auth(e.to_string()))?;
+        if !config.auth.enabled {
+            tracing::warn!(
+                "authentication is OFF: every request runs as an admin (auth.enabled = false)"
+            );
+        }
         let state = AppState {
+            auth: opened.auth,
             tasks,
             shutdown,
             registry,
@@ -100,7 +124,15 @@ impl Hub {
             store,
             state,
             engine,
+            audit_writer: opened.audit_writer,
+            audit_stop,
+            first_admin_key: opened.first_admin_key,
         })
+    }
+
+    /// The admin API key made on this first start, to show once.
+    pub fn first_admin_key(&self) -> Option<&str> {
+        self.first_admin_key.as_deref()
     }
 
     /// The registry handle.
@@ -122,6 +154,15 @@ impl Hub {
         tracker.spawn(self.state.bus.dispatcher().run(token.child_token()));
         tracker.spawn(self.state.bus.scheduler().run(token.child_token()));
         tracker.spawn(self.state.bus.retainer().run(token.child_token()));
+        tracker.spawn(
+            self.state
+                .auth
+                .clone()
+                .run_housekeeping(token.child_token()),
+        );
+        // The audit writer drains what is queued after the server stops,
+        // so it ends with the other workers.
+        let audit = tokio::spawn(self.audit_writer.run());
         // The task engine serves requests until the server has drained
         // (so none in flight is refused), then stops.
         let engine_stop = CancellationToken::new();
@@ -142,9 +183,12 @@ impl Hub {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
         });
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .into_future();
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.clone().cancelled_owned())
+        .into_future();
         let mut server = tokio::spawn(server);
         let served = tokio::select! {
             r = &mut server => r,
@@ -156,6 +200,7 @@ impl Hub {
         };
         token.cancel();
         engine_stop.cancel();
+        self.audit_stop.cancel();
         tracker.close();
         {
             let groups = self.state.groups.clone();
@@ -166,6 +211,9 @@ impl Hub {
                 ?grace,
                 "background workers still running after the grace period"
             );
+        }
+        if tokio::time::timeout(grace, audit).await.is_err() {
+            tracing::warn!(?grace, "the audit writer did not finish in time");
         }
         self.store.close().await;
         tracing::info!("hub stopped");

@@ -38,6 +38,11 @@ struct StatusLabel {
     status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// The hub's metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -49,6 +54,10 @@ struct Inner {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     agents: Family<StatusLabel, Gauge>,
+    auth_failures: Family<ReasonLabel, Counter>,
+    access_denied: Counter,
+    rate_limited: Counter,
+    audit_failures: Counter,
     started: Instant,
     requests_total: AtomicU64,
     server_errors_total: AtomicU64,
@@ -89,12 +98,40 @@ impl Metrics {
         );
         let agents = Family::<StatusLabel, Gauge>::default();
         registry.register("agents", "Registered agents by status", agents.clone());
+        let auth_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused because their credential was missing or invalid, by reason",
+            auth_failures.clone(),
+        );
+        let access_denied = Counter::default();
+        registry.register(
+            "access_denied",
+            "Requests refused with 401 or 403 after authentication (scope, resource, ACL)",
+            access_denied.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit",
+            rate_limited.clone(),
+        );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Audit records that could not be stored",
+            audit_failures.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
                 http_requests,
                 http_duration,
                 agents,
+                auth_failures,
+                access_denied,
+                rate_limited,
+                audit_failures,
                 started: Instant::now(),
                 requests_total: AtomicU64::new(0),
                 server_errors_total: AtomicU64::new(0),
@@ -128,6 +165,30 @@ impl Metrics {
                 status: status.to_owned(),
             })
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a refused credential; `reason` comes from a fixed set
+    /// (`missing`, `expired`, `revoked`, …).
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.inner
+            .auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a request refused for lack of permission.
+    pub fn access_denied(&self) {
+        self.inner.access_denied.inc();
+    }
+
+    /// Counts a request refused by a rate limit.
+    pub fn rate_limited(&self) {
+        self.inner.rate_limited.inc();
+    }
+
+    /// Counts an audit record that could not be stored.
+    pub fn audit_failure(&self) {
+        self.inner.audit_failures.inc();
     }
 
     /// The registry in the OpenMetrics text format.

@@ -23,6 +23,24 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The admin token every test hub (and [`HubProcess`]) accepts
+/// (`SWITCHBOARD_ADMIN_TOKEN`). [`TestHub::http`] and [`TestHub::api`] send
+/// it; tests of access control make their own clients.
+pub const ADMIN_TOKEN: &str = "switchboard-test-admin-token-0123456789abcdef";
+
+/// A reqwest client that sends `token` on every request.
+pub fn http_client(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()?)
+}
+
 /// Where a hub keeps its data: a temporary directory owned by the test, or
 /// a path the test chose.
 pub enum DataDir {
@@ -51,9 +69,9 @@ impl DataDir {
 pub struct TestHub {
     /// The bound address.
     pub addr: SocketAddr,
-    /// A plain HTTP client, for raw requests.
+    /// A plain HTTP client for raw requests, sending [`ADMIN_TOKEN`].
     pub http: reqwest::Client,
-    /// The typed client.
+    /// The typed client, sending [`ADMIN_TOKEN`].
     pub api: switchboard_client::Client,
     data: Option<DataDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -71,6 +89,7 @@ impl TestHub {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(data.path().to_owned()),
+            admin_token: Some(ADMIN_TOKEN.into()),
             ..Default::default()
         };
         let config = Config::from_toml(toml, &overrides)?;
@@ -88,10 +107,8 @@ impl TestHub {
         let base = format!("http://{addr}");
         Ok(Self {
             addr,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
-            api: switchboard_client::Client::new(&base)?,
+            http: http_client(ADMIN_TOKEN)?,
+            api: switchboard_client::Client::new(&base)?.with_token(ADMIN_TOKEN),
             data: Some(data),
             stop: Some(stop),
             task: Some(task),
@@ -101,6 +118,11 @@ impl TestHub {
     /// The absolute URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A typed client with another credential.
+    pub fn client_with(&self, token: &str) -> switchboard_client::Client {
+        self.api.clone().with_token(token)
     }
 
     /// `GET path`, answered with JSON (any status); panics with the path
@@ -145,6 +167,17 @@ impl Drop for TestHub {
     }
 }
 
+/// How [`HubProcess::spawn_with`] runs the hub.
+#[derive(Debug, Clone, Default)]
+pub struct Spawn {
+    /// `SWITCHBOARD_LOG` (`warn` when `None`).
+    pub log_level: Option<String>,
+    /// Where its standard error goes (inherited when `None`).
+    pub stderr_to: Option<PathBuf>,
+    /// Start without `SWITCHBOARD_ADMIN_TOKEN`, as a new user would.
+    pub no_admin_token: bool,
+}
+
 /// The `switchboard` binary running as a child process.
 pub struct HubProcess {
     /// The address it printed.
@@ -156,17 +189,45 @@ impl HubProcess {
     /// Runs `bin serve --listen 127.0.0.1:0 --data-dir DIR` plus `args`, and
     /// waits (up to 60 s) for the address line on stdout.
     pub async fn spawn(bin: &Path, data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin)
-            .arg("serve")
+        Self::spawn_with(bin, data_dir, args, &Spawn::default()).await
+    }
+
+    /// [`HubProcess::spawn`] with more control over the process.
+    pub async fn spawn_with(
+        bin: &Path,
+        data_dir: &Path,
+        args: &[&str],
+        opts: &Spawn,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
-            .env("SWITCHBOARD_LOG", "warn")
+            .env(
+                "SWITCHBOARD_LOG",
+                opts.log_level.as_deref().unwrap_or("warn"),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if opts.no_admin_token {
+            cmd.env_remove("SWITCHBOARD_ADMIN_TOKEN");
+        } else {
+            cmd.env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN);
+        }
+        match &opts.stderr_to {
+            Some(path) => {
+                let f = std::fs::File::create(path)
+                    .with_context(|| format!("create {}", path.display()))?;
+                cmd.stderr(Stdio::from(f));
+            }
+            None => {
+                cmd.stderr(Stdio::inherit());
+            }
+        }
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
@@ -189,6 +250,11 @@ impl HubProcess {
     /// The absolute URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A typed client of this hub sending [`ADMIN_TOKEN`].
+    pub fn client(&self) -> anyhow::Result<switchboard_client::Client> {
+        Ok(switchboard_client::Client::new(&self.url(""))?.with_token(ADMIN_TOKEN))
     }
 
     /// The OS process id.

@@ -152,6 +152,10 @@ pub struct Agent {
     pub last_heartbeat_at: DateTime<Utc>,
     /// When the status last changed.
     pub status_changed_at: DateTime<Utc>,
+    /// The agent's client credentials: only in the answer to the
+    /// registration that made them, never again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<crate::auth::AgentCredentials>,
 }
 
 /// `GET /api/v1/agents`.

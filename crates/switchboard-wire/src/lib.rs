@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`agents`]: registration, heartbeat and listing bodies.
+//! - [`auth`]: credentials, tokens, API keys, signing keys, the audit log.
 //! - [`events`]: CloudEvents as published and as read from the log.
 //! - [`groups`]: consumer groups, deliveries, acknowledgements, dead letters.
 //! - [`messages`]: direct messages and request-response.
@@ -16,6 +17,7 @@
 //! older client keeps working against a newer hub.
 
 pub mod agents;
+pub mod auth;
 pub mod events;
 pub mod groups;
 pub mod messages;
@@ -25,6 +27,7 @@ pub mod tasks;
 pub mod workflows;
 
 pub use agents::*;
+pub use auth::*;
 pub use events::*;
 pub use groups::*;
 pub use messages::*;

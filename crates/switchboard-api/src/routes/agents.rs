@@ -2,25 +2,35 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
+use switchboard_auth::{AclTemplate, Auth};
 use switchboard_core::FieldError;
 use switchboard_registry::{AgentFilter, AgentQuery, AgentStatus, MAX_PAGE, Registry};
 use switchboard_wire::{
-    Agent, AgentList, HeartbeatAck, HeartbeatRequest, Problem, RegisterAgentRequest,
+    Agent, AgentCredentials, AgentList, HeartbeatAck, HeartbeatRequest, Problem,
+    RegisterAgentRequest, RotateCredentialsRequest, TopicAcl,
 };
 
+use crate::access::Caller;
 use crate::convert;
 use crate::error::ApiError;
-use crate::extract::AppJson;
+use crate::extract::{AppJson, RawBody};
+
+/// Where agents exchange their credentials for a token.
+const TOKEN_ENDPOINT: &str = "/api/v1/auth/token";
 
 /// The page size when `limit` is absent.
 const DEFAULT_PAGE: u32 = 50;
 
-/// Register an agent, or update its registration (idempotent by id).
+/// Register an agent, or update its registration (idempotent by id). The
+/// answer that first registers an agent (or finds it without working
+/// credentials) carries its client credentials, shown this once. An agent
+/// may update only its own registration.
 #[utoipa::path(
     post,
     path = "/api/v1/agents/register",
+    security(("bearer" = ["agents:write"])),
     tag = "agents",
     request_body = RegisterAgentRequest,
     responses(
@@ -35,13 +45,24 @@ const DEFAULT_PAGE: u32 = 50;
 )]
 pub(crate) async fn register(
     State(registry): State<Registry>,
+    State(auth): State<Auth>,
+    caller: Caller,
     AppJson(body): AppJson<RegisterAgentRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require_self_or_staff(&body.id, "register")?;
     let (agent, is_new) = registry.register(convert::registration(body)).await?;
+    let secret = auth.ensure_credentials(&agent.id).await?;
+    let mut wire = convert::agent(agent);
+    wire.credentials = secret.map(|client_secret| AgentCredentials {
+        client_id: wire.id.clone(),
+        client_secret,
+        token_endpoint: TOKEN_ENDPOINT.into(),
+        previous_valid_until: None,
+    });
     Ok(super::created(
-        format!("/api/v1/agents/{}", agent.id),
+        format!("/api/v1/agents/{}", wire.id),
         is_new,
-        convert::agent(agent),
+        wire,
     ))
 }
 
@@ -51,6 +72,7 @@ pub(crate) async fn register(
 #[utoipa::path(
     post,
     path = "/api/v1/agents/{id}/heartbeat",
+    security(("bearer" = ["agents:write"])),
     tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
     request_body = HeartbeatRequest,
@@ -62,9 +84,11 @@ pub(crate) async fn register(
 )]
 pub(crate) async fn heartbeat(
     State(registry): State<Registry>,
+    caller: Caller,
     Path(id): Path<String>,
     AppJson(body): AppJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
+    caller.require_self_or_staff(&id, "heartbeat for")?;
     let ack = registry.heartbeat(&id, convert::heartbeat(body)).await?;
     Ok(Json(convert::ack(ack)))
 }
@@ -73,6 +97,7 @@ pub(crate) async fn heartbeat(
 #[utoipa::path(
     get,
     path = "/api/v1/agents/{id}",
+    security(("bearer" = ["agents:read"])),
     tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
     responses(
@@ -91,6 +116,7 @@ pub(crate) async fn get(
 #[utoipa::path(
     delete,
     path = "/api/v1/agents/{id}",
+    security(("bearer" = ["agents:write"])),
     tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
     responses(
@@ -100,10 +126,145 @@ pub(crate) async fn get(
 )]
 pub(crate) async fn remove(
     State(registry): State<Registry>,
+    State(auth): State<Auth>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_self_or_staff(&id, "remove")?;
     registry.remove(&id).await?;
+    auth.remove_credentials(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rotate the agent's client secret: the answer carries the new one
+/// (shown once); the ones before keep working for `grace_seconds`
+/// (`auth.secret_grace` by default), then stop.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{id}/credentials",
+    security(("bearer" = ["agents:write"])),
+    tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    request_body(content = RotateCredentialsRequest, description = "Optional"),
+    responses(
+        (status = 201, description = "The new secret", body = AgentCredentials),
+        (status = 403, description = "Another agent's credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn rotate_credentials(
+    State(registry): State<Registry>,
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<AgentCredentials>), ApiError> {
+    caller.require_self_or_staff(&id, "rotate the credentials of")?;
+    let req: RotateCredentialsRequest = super::auth::optional_json(&headers, &body)?;
+    registry.get(&id).await?;
+    let grace = req.grace_seconds.map(std::time::Duration::from_secs);
+    let (client_secret, until) = auth.rotate_secret(&id, grace).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AgentCredentials {
+            client_id: id,
+            client_secret,
+            token_endpoint: TOKEN_ENDPOINT.into(),
+            previous_valid_until: Some(convert::time(until)),
+        }),
+    ))
+}
+
+/// Revoke the agent's credentials: every client secret and every token
+/// issued to it stops working at once. Rotate to issue new ones.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/agents/{id}/credentials",
+    security(("bearer" = ["agents:write"])),
+    tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, description = "Another agent's credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The agent has no credentials", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn revoke_credentials(
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_self_or_staff(&id, "revoke the credentials of")?;
+    auth.revoke_credentials(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The topics the agent may publish and subscribe to.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{id}/acl",
+    security(("bearer" = ["agents:read"])),
+    tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    responses(
+        (status = 200, description = "The ACL (the hub's default unless one was set)", body = TopicAcl),
+        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_acl(
+    State(registry): State<Registry>,
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TopicAcl>, ApiError> {
+    caller.require_self_or_staff(&id, "read the ACL of")?;
+    registry.get(&id).await?;
+    let a = auth.acl(&id);
+    Ok(Json(TopicAcl {
+        publish: a.publish,
+        subscribe: a.subscribe,
+    }))
+}
+
+/// Set the topics the agent may publish and subscribe to (patterns;
+/// `{agent_id}` stands for its id). Takes effect on its next request.
+#[utoipa::path(
+    put,
+    path = "/api/v1/agents/{id}/acl",
+    security(("bearer" = ["agents:write"])),
+    tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    request_body = TopicAcl,
+    responses(
+        (status = 200, description = "Set", body = TopicAcl),
+        (status = 403, description = "Agents may not change ACLs", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such agent", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid patterns, each named", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn set_acl(
+    State(registry): State<Registry>,
+    State(auth): State<Auth>,
+    caller: Caller,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<TopicAcl>,
+) -> Result<Json<TopicAcl>, ApiError> {
+    caller.require_not_agent("change topic ACLs")?;
+    registry.get(&id).await?;
+    let a = auth
+        .set_acl(
+            &id,
+            Some(AclTemplate {
+                publish: body.publish,
+                subscribe: body.subscribe,
+            }),
+        )
+        .await?;
+    Ok(Json(TopicAcl {
+        publish: a.publish,
+        subscribe: a.subscribe,
+    }))
 }
 
 /// Find agents. Filters combine with AND; `capability` may repeat (or be
@@ -111,6 +272,7 @@ pub(crate) async fn remove(
 #[utoipa::path(
     get,
     path = "/api/v1/agents",
+    security(("bearer" = ["agents:read"])),
     tag = "agents",
     params(
         ("type" = Option<String>, Query, description = "Only agents of this type"),

@@ -13,6 +13,7 @@ use switchboard_bus::{Bus, Filter, Pattern, ReadFrom, Start, SubscriptionSpec};
 use switchboard_core::FieldError;
 use switchboard_wire::{EventPage, Problem, PublishAck, PublishEvent};
 
+use crate::access::Caller;
 use crate::convert;
 use crate::error::ApiError;
 use crate::extract::{RawBody, parse_any};
@@ -29,6 +30,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[utoipa::path(
     post,
     path = "/api/v1/events",
+    security(("bearer" = ["events:publish"])),
     tag = "events",
     request_body(content = PublishEvent, description = "A CloudEvent, or an array of them"),
     responses(
@@ -41,6 +43,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 )]
 pub(crate) async fn publish(
     State(bus): State<Bus>,
+    caller: Caller,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<PublishAck>), ApiError> {
@@ -62,6 +65,10 @@ pub(crate) async fn publish(
              application/cloudevents-batch+json) or an event in binary mode (ce-* headers)",
         ));
     };
+    let mut events = events;
+    for e in &mut events {
+        caller.stamp_publish(e)?;
+    }
     let stored = bus.publish(events).await?;
     Ok((
         StatusCode::CREATED,
@@ -131,6 +138,8 @@ fn parse_selection(raw: &str, headers: Option<&HeaderMap>) -> Result<Selection, 
                     ),
                 )),
             },
+            // The credential of an EventSource, read by the access layer.
+            "access_token" if headers.is_some() => {}
             other => errs.push(FieldError::new(
                 other,
                 "is not a known parameter; use topic, filter, after, from_time or limit",
@@ -161,6 +170,7 @@ fn parse_selection(raw: &str, headers: Option<&HeaderMap>) -> Result<Selection, 
 #[utoipa::path(
     get,
     path = "/api/v1/events",
+    security(("bearer" = ["events:subscribe"])),
     tag = "events",
     params(
         ("topic" = Option<String>, Query, description = "Topic patterns (`*` one token, `>` the rest)"),
@@ -176,9 +186,11 @@ fn parse_selection(raw: &str, headers: Option<&HeaderMap>) -> Result<Selection, 
 )]
 pub(crate) async fn read(
     State(bus): State<Bus>,
+    caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<EventPage>, ApiError> {
     let sel = parse_selection(query.as_deref().unwrap_or(""), None)?;
+    caller.may_subscribe_all(&sel.patterns)?;
     let from = sel.start.unwrap_or(ReadFrom::After(0));
     let (events, next) = bus
         .read(&sel.patterns, &sel.filter, from, sel.limit)
@@ -193,10 +205,13 @@ pub(crate) async fn read(
 /// offset and its data the CloudEvent. Starts with the next event, or after
 /// `after` / at `from_time` (replaying the log), or after `Last-Event-ID`
 /// when a client reconnects. A slow reader is caught up from the log, never
-/// dropped.
+/// dropped. The stream ends when the caller's token expires; reconnect
+/// with a fresh one and `Last-Event-ID`. Browsers, whose EventSource sends
+/// no headers, may pass the token as `access_token`.
 #[utoipa::path(
     get,
     path = "/api/v1/events/stream",
+    security(("bearer" = ["events:subscribe"])),
     tag = "events",
     params(
         ("topic" = Option<String>, Query, description = "Topic patterns (all topics when absent)"),
@@ -212,10 +227,13 @@ pub(crate) async fn read(
 )]
 pub(crate) async fn stream(
     State(bus): State<Bus>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let sel = parse_selection(query.as_deref().unwrap_or(""), Some(&headers))?;
+    caller.may_subscribe_all(&sel.patterns)?;
+    let expiry = caller.expiry();
     let start = match sel.start {
         None => Start::Now,
         Some(ReadFrom::After(o)) => Start::After(o),
@@ -239,5 +257,6 @@ pub(crate) async fn stream(
             }
         }
     });
+    let events = futures_util::StreamExt::take_until(events, expiry);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }

@@ -15,6 +15,7 @@ use switchboard_wire::{
     PullRequest, PullResponse, ReplayRequest, SettleRequest, SettleResponse,
 };
 
+use crate::access::Caller;
 use crate::convert;
 use crate::error::ApiError;
 use crate::extract::AppJson;
@@ -31,6 +32,7 @@ const MAX_SETTLE: usize = 1000;
 #[utoipa::path(
     put,
     path = "/api/v1/groups/{name}",
+    security(("bearer" = ["events:subscribe"])),
     tag = "groups",
     params(("name" = String, Path, description = "Group name")),
     request_body = CreateGroupRequest,
@@ -43,10 +45,12 @@ const MAX_SETTLE: usize = 1000;
 )]
 pub(crate) async fn create_group(
     State(groups): State<Groups>,
+    caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<CreateGroupRequest>,
 ) -> Result<(StatusCode, Json<Group>), ApiError> {
     let (spec, start) = spec_from(name, body)?;
+    caller.may_subscribe_all(&spec.patterns)?;
     let (info, created) = groups.create(spec, start).await?;
     let status = if created {
         StatusCode::CREATED
@@ -60,11 +64,17 @@ pub(crate) async fn create_group(
 #[utoipa::path(
     get,
     path = "/api/v1/groups",
+    security(("bearer" = ["events:subscribe"])),
     tag = "groups",
     responses((status = 200, description = "Groups by name", body = GroupList))
 )]
-pub(crate) async fn list_groups(State(groups): State<Groups>) -> Result<Json<GroupList>, ApiError> {
-    let all = groups.list().await?;
+pub(crate) async fn list_groups(
+    State(groups): State<Groups>,
+    caller: Caller,
+) -> Result<Json<GroupList>, ApiError> {
+    let mut all = groups.list().await?;
+    // An agent sees the groups its ACL lets it use.
+    all.retain(|g| caller.may_subscribe_all(&g.spec.patterns).is_ok());
     Ok(Json(GroupList {
         groups: all.into_iter().map(convert::group).collect(),
     }))
@@ -74,6 +84,7 @@ pub(crate) async fn list_groups(State(groups): State<Groups>) -> Result<Json<Gro
 #[utoipa::path(
     get,
     path = "/api/v1/groups/{name}",
+    security(("bearer" = ["events:subscribe"])),
     tag = "groups",
     params(("name" = String, Path, description = "Group name")),
     responses(
@@ -83,8 +94,10 @@ pub(crate) async fn list_groups(State(groups): State<Groups>) -> Result<Json<Gro
 )]
 pub(crate) async fn get_group(
     State(groups): State<Groups>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Group>, ApiError> {
+    caller.may_use_group(&groups, &name).await?;
     Ok(Json(convert::group(groups.get(&name).await?)))
 }
 
@@ -92,6 +105,7 @@ pub(crate) async fn get_group(
 #[utoipa::path(
     delete,
     path = "/api/v1/groups/{name}",
+    security(("bearer" = ["events:manage"])),
     tag = "groups",
     params(("name" = String, Path, description = "Group name")),
     responses(
@@ -113,6 +127,7 @@ pub(crate) async fn delete_group(
 #[utoipa::path(
     post,
     path = "/api/v1/groups/{name}/pull",
+    security(("bearer" = ["events:subscribe"])),
     tag = "groups",
     params(("name" = String, Path, description = "Group name")),
     request_body = PullRequest,
@@ -124,9 +139,11 @@ pub(crate) async fn delete_group(
 )]
 pub(crate) async fn pull(
     State(groups): State<Groups>,
+    caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<PullRequest>,
 ) -> Result<Json<PullResponse>, ApiError> {
+    caller.may_use_group(&groups, &name).await?;
     let mut errs = FieldErrors::new();
     let max = body.max.unwrap_or(1);
     if !(1..=MAX_PULL).contains(&max) {
@@ -193,6 +210,7 @@ async fn settle_all(
 #[utoipa::path(
     post,
     path = "/api/v1/groups/{name}/ack",
+    security(("bearer" = ["events:subscribe"])),
     tag = "groups",
     params(("name" = String, Path, description = "Group name")),
     request_body = SettleRequest,
@@ -204,9 +222,11 @@ async fn settle_all(
 )]
 pub(crate) async fn ack(
     State(groups): State<Groups>,
+    caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<SettleRequest>,
 ) -> Result<Json<SettleResponse>, ApiError> {
+    caller.may_use_group(&groups, &name).await?;
     Ok(Json(settle_all(&groups, &name, body, false).await?))
 }
 
@@ -215,6 +235,7 @@ pub(crate) async fn ack(
 #[utoipa::path(
     post,
     path = "/api/v1/groups/{name}/nack",
+    security(("bearer" = ["events:subscribe"])),
     tag = "groups",
     params(("name" = String, Path, description = "Group name")),
     request_body = SettleRequest,
@@ -226,9 +247,11 @@ pub(crate) async fn ack(
 )]
 pub(crate) async fn nack(
     State(groups): State<Groups>,
+    caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<SettleRequest>,
 ) -> Result<Json<SettleResponse>, ApiError> {
+    caller.may_use_group(&groups, &name).await?;
     Ok(Json(settle_all(&groups, &name, body, true).await?))
 }
 
@@ -237,6 +260,7 @@ pub(crate) async fn nack(
 #[utoipa::path(
     get,
     path = "/api/v1/groups/{name}/dead-letters",
+    security(("bearer" = ["events:subscribe"])),
     tag = "groups",
     params(
         ("name" = String, Path, description = "Group name"),
@@ -251,9 +275,11 @@ pub(crate) async fn nack(
 )]
 pub(crate) async fn list_dead_letters(
     State(groups): State<Groups>,
+    caller: Caller,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
+    caller.may_use_group(&groups, &name).await?;
     let mut after = 0u64;
     let mut limit = 100u32;
     let mut errs = Vec::new();
@@ -287,6 +313,7 @@ pub(crate) async fn list_dead_letters(
 #[utoipa::path(
     get,
     path = "/api/v1/groups/{name}/dead-letters/{offset}",
+    security(("bearer" = ["events:subscribe"])),
     tag = "groups",
     params(
         ("name" = String, Path, description = "Group name"),
@@ -299,8 +326,10 @@ pub(crate) async fn list_dead_letters(
 )]
 pub(crate) async fn get_dead_letter(
     State(groups): State<Groups>,
+    caller: Caller,
     Path((name, offset)): Path<(String, String)>,
 ) -> Result<Json<DeadLetter>, ApiError> {
+    caller.may_use_group(&groups, &name).await?;
     let offset: u64 = offset.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -319,6 +348,7 @@ pub(crate) async fn get_dead_letter(
 #[utoipa::path(
     post,
     path = "/api/v1/groups/{name}/dead-letters/replay",
+    security(("bearer" = ["events:manage"])),
     tag = "groups",
     params(("name" = String, Path, description = "Group name")),
     request_body = ReplayRequest,
@@ -341,6 +371,7 @@ pub(crate) async fn replay_dead_letters(
 #[utoipa::path(
     post,
     path = "/api/v1/groups/{name}/dead-letters/purge",
+    security(("bearer" = ["events:manage"])),
     tag = "groups",
     params(("name" = String, Path, description = "Group name")),
     request_body = ReplayRequest,

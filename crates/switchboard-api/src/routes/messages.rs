@@ -21,6 +21,7 @@ use switchboard_core::{FieldErrors, ident};
 use switchboard_registry::{AgentFilter, AgentQuery, AgentStatus, MAX_PAGE};
 use switchboard_wire::{MessageSent, Problem, RequestReply, SendMessageRequest};
 
+use crate::access::Caller;
 use crate::convert;
 use crate::error::ApiError;
 use crate::extract::AppJson;
@@ -37,6 +38,7 @@ pub(crate) const REPLY_TO: &str = "replyto";
 #[utoipa::path(
     post,
     path = "/api/v1/messages",
+    security(("bearer" = ["events:publish"])),
     tag = "messages",
     request_body = SendMessageRequest,
     responses(
@@ -48,9 +50,11 @@ pub(crate) const REPLY_TO: &str = "replyto";
 )]
 pub(crate) async fn send(
     State(state): State<AppState>,
+    caller: Caller,
     AppJson(body): AppJson<SendMessageRequest>,
 ) -> Result<(StatusCode, Json<MessageSent>), ApiError> {
-    let msg = prepare(&state, body, false).await?;
+    let mut msg = prepare(&state, body, false).await?;
+    caller.stamp_publish(&mut msg.event)?;
     let (to, corr) = (msg.to.clone(), msg.correlation_id.clone());
     let accepted = state.bus.publish(vec![msg.event]).await?;
     let Some(Accepted::Stored(e)) = accepted.into_iter().next() else {
@@ -74,6 +78,7 @@ pub(crate) async fn send(
 #[utoipa::path(
     post,
     path = "/api/v1/requests",
+    security(("bearer" = ["events:publish"])),
     tag = "messages",
     request_body = SendMessageRequest,
     responses(
@@ -86,9 +91,11 @@ pub(crate) async fn send(
 )]
 pub(crate) async fn request(
     State(state): State<AppState>,
+    caller: Caller,
     AppJson(body): AppJson<SendMessageRequest>,
 ) -> Result<Json<RequestReply>, ApiError> {
-    let msg = prepare(&state, body, true).await?;
+    let mut msg = prepare(&state, body, true).await?;
+    caller.stamp_publish(&mut msg.event)?;
     let reply_topic = format!("reply.{}", msg.correlation_id);
     let pattern = Pattern::parse(&reply_topic)
         .map_err(|r| ApiError::internal(format!("reply topic: {r}")))?;

@@ -24,6 +24,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[utoipa::path(
     get,
     path = "/healthz",
+    security(()),
     tag = "system",
     responses((status = 200, description = "Alive", body = Health))
 )]
@@ -38,6 +39,7 @@ pub(crate) async fn healthz() -> Json<Health> {
 #[utoipa::path(
     get,
     path = "/readyz",
+    security(()),
     tag = "system",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -87,6 +89,7 @@ fn refresh_gauges(registry: &Registry, metrics: &Metrics) -> Vec<(AgentStatus, u
 #[utoipa::path(
     get,
     path = "/metrics",
+    security(("bearer" = ["metrics:read"])),
     tag = "system",
     responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String,
                content_type = "application/openmetrics-text"))
@@ -105,6 +108,7 @@ pub(crate) async fn prometheus(State(state): State<AppState>) -> Result<Response
 #[utoipa::path(
     get,
     path = "/api/v1/metrics",
+    security(("bearer" = ["metrics:read"])),
     tag = "system",
     responses((status = 200, description = "Figures", body = MetricsReport))
 )]

@@ -12,6 +12,7 @@ use switchboard_wire::{
 };
 
 use super::created;
+use crate::access::Caller;
 use crate::convert::tasks as convert;
 use crate::error::ApiError;
 use crate::extract::AppJson;
@@ -39,6 +40,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 #[utoipa::path(
     post,
     path = "/api/v1/tasks",
+    security(("bearer" = ["tasks:write"])),
     tag = "tasks",
     request_body = CreateTaskRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
@@ -72,6 +74,7 @@ pub(crate) async fn create_task(
 #[utoipa::path(
     get,
     path = "/api/v1/tasks/{id}",
+    security(("bearer" = ["tasks:read"])),
     tag = "tasks",
     params(("id" = String, Path, description = "Task id")),
     responses(
@@ -94,6 +97,7 @@ pub(crate) async fn get_task(
 #[utoipa::path(
     patch,
     path = "/api/v1/tasks/{id}",
+    security(("bearer" = ["tasks:write"])),
     tag = "tasks",
     params(("id" = String, Path, description = "Task id")),
     request_body = UpdateTaskRequest,
@@ -106,12 +110,31 @@ pub(crate) async fn get_task(
 )]
 pub(crate) async fn update_task(
     State(tasks): State<Tasks>,
+    caller: Caller,
     Path(id): Path<String>,
     AppJson(body): AppJson<UpdateTaskRequest>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(convert::task(
-        tasks.update(&id, convert::update(body)).await?,
-    )))
+    let mut update = convert::update(body);
+    let Some(me) = caller.agent_id() else {
+        return Ok(Json(convert::task(tasks.update(&id, update).await?)));
+    };
+    // An agent reports only as itself, and only on tasks it holds.
+    if let Some(given) = update.agent_id.as_deref().filter(|a| *a != me) {
+        return Err(ApiError::forbidden(format!(
+            "agent {me} may not report as agent {given}"
+        )));
+    }
+    update.agent_id = Some(me.to_owned());
+    match tasks.update(&id, update).await {
+        Ok(t) => Ok(Json(convert::task(t))),
+        Err(switchboard_tasks::TaskError::NotHolder { holder, .. }) if holder != me => {
+            Err(ApiError::forbidden(format!(
+                "task {id} is not assigned to agent {me}; an agent updates only the tasks it holds"
+            ))
+            .with_details(serde_json::json!({ "task_id": id })))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Cancel a task that has not ended; its holder is told with a
@@ -119,6 +142,7 @@ pub(crate) async fn update_task(
 #[utoipa::path(
     post,
     path = "/api/v1/tasks/{id}/cancel",
+    security(("bearer" = ["tasks:write"])),
     tag = "tasks",
     params(("id" = String, Path, description = "Task id")),
     request_body(content = CancelRequest, description = "Optional"),
@@ -130,9 +154,18 @@ pub(crate) async fn update_task(
 )]
 pub(crate) async fn cancel_task(
     State(tasks): State<Tasks>,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Task>, ApiError> {
+    if let Some(me) = caller.agent_id() {
+        let t = tasks.get(&id).await?;
+        if t.agent_id.as_deref() != Some(me) {
+            return Err(ApiError::forbidden(format!(
+                "task {id} is not assigned to agent {me}; an agent cancels only the tasks it holds"
+            )));
+        }
+    }
     // The body is optional: empty, or a JSON object.
     let reason = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -149,6 +182,7 @@ pub(crate) async fn cancel_task(
 #[utoipa::path(
     post,
     path = "/api/v1/tasks/claim",
+    security(("bearer" = ["tasks:write"])),
     tag = "tasks",
     request_body = ClaimRequest,
     responses(
@@ -160,8 +194,10 @@ pub(crate) async fn cancel_task(
 )]
 pub(crate) async fn claim_tasks(
     State(tasks): State<Tasks>,
+    caller: Caller,
     AppJson(body): AppJson<ClaimRequest>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
+    caller.require_self_or_staff(&body.agent_id, "claim tasks for")?;
     let claim = Claim {
         agent_id: body.agent_id,
         max: body.max_tasks.unwrap_or(1),
@@ -177,6 +213,7 @@ pub(crate) async fn claim_tasks(
 #[utoipa::path(
     get,
     path = "/api/v1/tasks",
+    security(("bearer" = ["tasks:read"])),
     tag = "tasks",
     params(
         ("status" = Option<String>, Query, description = "Only these statuses (comma-separated or repeated)"),

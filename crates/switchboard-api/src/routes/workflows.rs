@@ -21,6 +21,7 @@ use crate::extract::AppJson;
 #[utoipa::path(
     post,
     path = "/api/v1/workflows",
+    security(("bearer" = ["workflows:write"])),
     tag = "workflows",
     request_body = CreateWorkflowRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
@@ -54,6 +55,7 @@ pub(crate) async fn create_workflow(
 #[utoipa::path(
     get,
     path = "/api/v1/workflows/{id}",
+    security(("bearer" = ["workflows:read"])),
     tag = "workflows",
     params(("id" = String, Path, description = "Workflow id")),
     responses(
@@ -73,6 +75,7 @@ pub(crate) async fn get_workflow(
 #[utoipa::path(
     post,
     path = "/api/v1/workflows/{id}/cancel",
+    security(("bearer" = ["workflows:write"])),
     tag = "workflows",
     params(("id" = String, Path, description = "Workflow id")),
     responses(
@@ -92,6 +95,7 @@ pub(crate) async fn cancel_workflow(
 #[utoipa::path(
     get,
     path = "/api/v1/workflows",
+    security(("bearer" = ["workflows:read"])),
     tag = "workflows",
     params(
         ("status" = Option<String>, Query, description = "Only these statuses (comma-separated or repeated)"),

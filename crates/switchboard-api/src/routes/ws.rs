@@ -34,8 +34,16 @@
 //! connection that has sent nothing for two intervals (close code 1001).
 //! A frame over `http.max_body_bytes` closes the connection (1009). On
 //! shutdown the hub closes every connection with 1001.
+//!
+//! The upgrade request authenticates (`Authorization: Bearer`, or
+//! `?access_token=` for browsers) and needs `events:subscribe`; publishing
+//! needs `events:publish`. An agent's subscriptions, publishes and groups
+//! are checked against its topic ACL; a refusal is an error frame
+//! (`FORBIDDEN`) and the connection stays. When the caller's token expires
+//! the hub closes the connection (1008); reconnect with a fresh token and
+//! resume with `after`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -55,7 +63,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Caller;
 use crate::convert;
+use crate::error::ApiError;
 use crate::state::{ApiConfig, AppState};
 
 /// Frames waiting to be written to one connection; a subscription whose
@@ -82,13 +92,18 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 #[utoipa::path(
     get,
     path = "/ws",
+    security(("bearer" = ["events:subscribe"])),
     tag = "events",
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade request"),
     )
 )]
-pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    caller: Caller,
+    ws: WebSocketUpgrade,
+) -> Response {
     let cfg = state.config.clone();
     // Small buffers: a hub holds many idle connections, and tungstenite's
     // defaults (128 KiB each way) would dominate its memory.
@@ -97,7 +112,9 @@ pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade)
         .max_write_buffer_size(cfg.max_body_bytes * 2)
         .max_message_size(cfg.max_body_bytes)
         .max_frame_size(cfg.max_body_bytes)
-        .on_upgrade(move |socket| connection(socket, state.bus, state.groups, cfg, state.shutdown))
+        .on_upgrade(move |socket| {
+            connection(socket, state.bus, state.groups, cfg, state.shutdown, caller)
+        })
 }
 
 #[derive(Deserialize)]
@@ -166,6 +183,9 @@ struct Conn {
     groups: Groups,
     out: mpsc::Sender<Message>,
     subs: HashMap<String, JoinHandle<()>>,
+    caller: Caller,
+    /// Groups this connection's caller was found allowed to use.
+    allowed_groups: HashSet<String>,
 }
 
 impl Drop for Conn {
@@ -197,21 +217,31 @@ fn error_frame(reference: Option<&str>, code: &str, message: &str, errors: Value
     }))
 }
 
+/// The error frame for a refused operation.
+fn refused(reference: Option<&str>, e: &ApiError) -> Message {
+    error_frame(reference, e.code(), e.detail(), Value::Null)
+}
+
 async fn connection(
     socket: WebSocket,
     bus: Bus,
     groups: Groups,
     cfg: ApiConfig,
     shutdown: CancellationToken,
+    caller: Caller,
 ) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbound) = mpsc::channel::<Message>(OUTBOUND);
+    let expiry = caller.expiry();
+    tokio::pin!(expiry);
     let mut conn = Conn {
         bus,
         publish_order: None,
         groups,
         out,
         subs: HashMap::new(),
+        caller,
+        allowed_groups: HashSet::new(),
     };
     let beat = cfg.ws_heartbeat_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
@@ -274,6 +304,10 @@ async fn connection(
                 let _ = sink.send(close(close_code::AWAY, "the hub is shutting down")).await;
                 break;
             }
+            () = &mut expiry => {
+                let _ = sink.send(close(close_code::POLICY, "the token expired; reconnect with a fresh token")).await;
+                break;
+            }
         }
     }
 }
@@ -294,6 +328,13 @@ impl Conn {
                 return now(Some(error_frame(None, code, &format!("{e}"), Value::Null)));
             }
         };
+        if let Request::Ack { group, .. }
+        | Request::Nack { group, .. }
+        | Request::InProgress { group, .. } = &req
+            && let Err(e) = self.allow_group(group).await
+        {
+            return now(Some(refused(None, &e)));
+        }
         let reply = match req {
             Request::Ping => text(&json!({"op": "pong"})),
             Request::Subscribe {
@@ -349,6 +390,17 @@ impl Conn {
         now(Some(reply))
     }
 
+    /// Refuses the caller a group its ACL does not cover; remembers groups
+    /// found allowed, so acknowledgements are not checked one by one.
+    async fn allow_group(&mut self, group: &str) -> Result<(), ApiError> {
+        if self.caller.agent_id().is_none() || self.allowed_groups.contains(group) {
+            return Ok(());
+        }
+        self.caller.may_use_group(&self.groups, group).await?;
+        self.allowed_groups.insert(group.to_owned());
+        Ok(())
+    }
+
     /// A new subscription's (or consumer's) id must be usable and free.
     fn check_sub_id(&self, id: &str, errs: &mut FieldErrors) {
         if id.is_empty() || id.len() > 128 {
@@ -380,6 +432,9 @@ impl Conn {
                 "the consumer was refused",
                 field_errors(&errors),
             );
+        }
+        if let Err(e) = self.allow_group(&group).await {
+            return refused(Some(&id), &e);
         }
         let defaults = ConsumerSpec::default();
         let spec = ConsumerSpec {
@@ -517,6 +572,11 @@ impl Conn {
         if after.is_some() && from_time.is_some() {
             errs.push("after", "give after or from_time, not both");
         }
+        if errs.is_empty()
+            && let Err(e) = self.caller.may_subscribe_all(&patterns)
+        {
+            return refused(Some(&id), &e);
+        }
         if let Err(errors) = errs.finish() {
             return error_frame(
                 Some(&id),
@@ -629,13 +689,23 @@ impl Conn {
                 ));
             }
         };
-        convert::publish_batch(given).map_err(|errors| {
+        if !self.caller.can(switchboard_auth::Scope::EventsPublish) {
+            return Err(refused(
+                r,
+                &ApiError::forbidden("publishing needs the scope events:publish"),
+            ));
+        }
+        let mut events = convert::publish_batch(given).map_err(|errors| {
             error_frame(
                 r,
                 "VALIDATION_FAILED",
                 "the events were refused; none was published",
                 field_errors(&errors),
             )
-        })
+        })?;
+        for e in &mut events {
+            self.caller.stamp_publish(e).map_err(|e| refused(r, &e))?;
+        }
+        Ok(events)
     }
 }

@@ -371,6 +371,12 @@ impl Groups {
         self.info(&h).await
     }
 
+    /// One group's topic patterns, without asking its engine (for access
+    /// checks on every call).
+    pub async fn patterns(&self, name: &str) -> Result<Vec<Pattern>, BusError> {
+        Ok(self.handle(name).await?.spec.patterns.clone())
+    }
+
     /// Every group, by name.
     pub async fn list(&self) -> Result<Vec<GroupInfo>, BusError> {
         let mut handles: Vec<Handle> = self.inner.groups.lock().await.values().cloned().collect();

@@ -11,6 +11,7 @@ async fn cli(hub: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(bin())
         .arg("--hub")
         .arg(hub)
+        .env("SWITCHBOARD_TOKEN", switchboard_test::ADMIN_TOKEN)
         .args(args)
         .output()
         .await
@@ -46,7 +47,12 @@ async fn register_list_get_heartbeat_remove() {
     )
     .await;
     assert!(o.status.success(), "{o:?}");
-    assert_eq!(stdout(&o).trim(), "registered agent cli-1");
+    let out = stdout(&o);
+    assert!(out.starts_with("registered agent cli-1\n"), "{out}");
+    assert!(
+        out.contains("client_secret: sbs_"),
+        "new credentials are shown: {out}"
+    );
 
     let file = dir.path().join("agent.json");
     std::fs::write(
@@ -185,7 +191,7 @@ async fn groups_and_dead_letters_from_the_shell() {
     assert_eq!(stdout(&o).trim(), "created: group payments on pay.>");
 
     // Two events fail their one delivery and are dead-lettered.
-    let client = switchboard_client::Client::new(&url).expect("client");
+    let client = hub.client().expect("client");
     for n in 0..2 {
         let o = cli(
             &url,
@@ -428,6 +434,7 @@ async fn tasks_and_a_watched_workflow_from_the_shell() {
     )
     .expect("write");
     let watch = tokio::process::Command::new(bin())
+        .env("SWITCHBOARD_TOKEN", switchboard_test::ADMIN_TOKEN)
         .args(["--hub", &url, "workflows", "create", "-f"])
         .arg(&file)
         .arg("--watch")

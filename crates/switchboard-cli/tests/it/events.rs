@@ -446,7 +446,7 @@ async fn acknowledged_events_survive_kill_9_exactly_once() {
     let mut hub = HubProcess::spawn(bin(), dir.path(), &[])
         .await
         .expect("spawn");
-    let client = switchboard_client::Client::new(&hub.url("")).expect("client");
+    let client = hub.client().expect("client");
     // Publishers run concurrently; the hub is killed while they do.
     let mut tasks = Vec::new();
     for p in 0..4 {
@@ -495,7 +495,7 @@ async fn acknowledged_events_survive_kill_9_exactly_once() {
     let hub = HubProcess::spawn(bin(), dir.path(), &[])
         .await
         .expect("respawn");
-    let client = switchboard_client::Client::new(&hub.url("")).expect("client");
+    let client = hub.client().expect("client");
     let mut stored = Vec::new();
     let mut after = 0;
     loop {

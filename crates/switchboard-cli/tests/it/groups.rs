@@ -588,8 +588,8 @@ async fn acknowledged_events_stay_acknowledged_after_kill_9() {
     let hub = switchboard_test::HubProcess::spawn(crate::bin(), dir.path(), &[])
         .await
         .expect("spawn");
-    let client = switchboard_client::Client::new(&hub.url("")).expect("client");
-    let http = reqwest::Client::new();
+    let client = hub.client().expect("client");
+    let http = switchboard_test::http_client(switchboard_test::ADMIN_TOKEN).expect("http client");
     let put = http
         .put(hub.url("/api/v1/groups/crash"))
         .json(&json!({"topics": ["crash.>"], "start": "earliest"}))
@@ -631,7 +631,7 @@ async fn acknowledged_events_stay_acknowledged_after_kill_9() {
     let hub = switchboard_test::HubProcess::spawn(crate::bin(), dir.path(), &[])
         .await
         .expect("respawn");
-    let client = switchboard_client::Client::new(&hub.url("")).expect("client");
+    let client = hub.client().expect("client");
     let mut rest = std::collections::BTreeSet::new();
     loop {
         let got = client

@@ -61,7 +61,7 @@ async fn acknowledged_registrations_survive_kill_9() {
     let mut hub = HubProcess::spawn(bin(), dir.path(), &[])
         .await
         .expect("spawn");
-    let http = reqwest::Client::new();
+    let http = switchboard_test::http_client(switchboard_test::ADMIN_TOKEN).expect("http client");
     // Every registration that got a 201 must be there after the crash.
     let mut acked = Vec::new();
     for i in 0..200 {

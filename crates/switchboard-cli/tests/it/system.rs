@@ -114,7 +114,8 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         .expect("connect");
     conn.write_all(
         format!(
-            "POST /api/v1/agents/register HTTP/1.1\r\nhost: hub\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+            "POST /api/v1/agents/register HTTP/1.1\r\nhost: hub\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+            switchboard_test::ADMIN_TOKEN,
             body.len()
         )
         .as_bytes(),
@@ -160,7 +161,10 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     let hub = HubProcess::spawn(bin(), dir.path(), &[])
         .await
         .expect("respawn");
-    let a: Value = reqwest::get(hub.url("/api/v1/agents/in-flight"))
+    let a: Value = switchboard_test::http_client(switchboard_test::ADMIN_TOKEN)
+        .expect("client")
+        .get(hub.url("/api/v1/agents/in-flight"))
+        .send()
         .await
         .expect("send")
         .json()

@@ -192,7 +192,7 @@ async fn acknowledged_tasks_and_workflows_complete_once_across_kill_9() {
     let mut hub = HubProcess::spawn(bin(), dir.path(), &args)
         .await
         .expect("spawn");
-    let shared = Arc::new(Shared::new(Client::new(&hub.url("")).expect("client")));
+    let shared = Arc::new(Shared::new(hub.client().expect("client")));
     let workers = start_agents(&shared).await;
     let creator = tokio::spawn(create_all(shared.clone()));
 
@@ -232,7 +232,7 @@ async fn acknowledged_tasks_and_workflows_complete_once_across_kill_9() {
         hub = HubProcess::spawn(bin(), dir.path(), &args)
             .await
             .expect("respawn");
-        *shared.hub.write().expect("client lock") = Client::new(&hub.url("")).expect("client");
+        *shared.hub.write().expect("client lock") = hub.client().expect("client");
         downtimes.push(down.elapsed());
     }
 
@@ -379,7 +379,7 @@ async fn a_claim_answer_lost_to_kill_9_is_given_again() {
     let mut hub = HubProcess::spawn(bin(), dir.path(), &args)
         .await
         .expect("spawn");
-    let client = Client::new(&hub.url("")).expect("client");
+    let client = hub.client().expect("client");
     let mut configuration = Map::new();
     configuration.insert("max_concurrent_tasks".into(), 5.into());
     let agent = RegisterAgentRequest {
@@ -417,7 +417,7 @@ async fn a_claim_answer_lost_to_kill_9_is_given_again() {
     let hub = HubProcess::spawn(bin(), dir.path(), &args)
         .await
         .expect("respawn");
-    let client = Client::new(&hub.url("")).expect("client");
+    let client = hub.client().expect("client");
     client
         .heartbeat("lost-1", &HeartbeatRequest::default())
         .await

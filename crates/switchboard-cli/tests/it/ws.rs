@@ -13,7 +13,20 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub(crate) async fn connect(hub: &TestHub) -> Ws {
-    let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", hub.addr))
+    connect_as(hub, switchboard_test::ADMIN_TOKEN).await
+}
+
+/// A WebSocket authenticated with `token` in the Authorization header.
+pub(crate) async fn connect_as(hub: &TestHub, token: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/ws", hub.addr)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
         .await
         .expect("connect");
     assert_eq!(resp.status(), 101);

@@ -1,0 +1,583 @@
+//! Access control on every route: who is calling (authentication), how
+//! often (rate limits), whether they may (authorization), and the audit
+//! record of what they did.
+//!
+//! The rule of each route is its OpenAPI `security` requirement, declared
+//! next to the handler in its `#[utoipa::path]`: `security(())` is public,
+//! `security(("bearer" = []))` needs any principal, and
+//! `security(("bearer" = ["tasks:write"]))` needs that scope. [`Policies`]
+//! reads them from the generated document, so the document shows exactly
+//! what is enforced. A route whose operation declares none is refused to
+//! everyone (deny by default), and a test walks the router to fail on it.
+//!
+//! Resource rules (an agent heartbeats only itself, reports only the tasks
+//! it holds, uses only the topics its ACL grants) are checked by the
+//! handlers, which know the resource, through [`Caller`].
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use switchboard_auth::{
+    AuditEntry, Auth, AuthFailure, Decision, Principal, PrincipalKind, Role, Scope, Scopes,
+};
+use switchboard_bus::{Bus, NewEvent};
+use switchboard_telemetry::Metrics;
+
+use crate::context::RequestContext;
+use crate::error::{ApiError, ErrorCode};
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// Anyone.
+    Public,
+    /// Any authenticated principal.
+    Authenticated,
+    /// A principal holding this scope.
+    Scope(Scope),
+}
+
+/// The rule of every route, by method and route template.
+#[derive(Debug, Default)]
+pub(crate) struct Policies(HashMap<(Method, String), Rule>);
+
+const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
+
+impl Policies {
+    /// Reads the rules from the OpenAPI document; also returns a line for
+    /// every operation whose rule is missing or unreadable.
+    pub(crate) fn from_openapi(doc: &utoipa::openapi::OpenApi) -> (Self, Vec<String>) {
+        let mut rules = HashMap::new();
+        let mut problems = Vec::new();
+        let doc = serde_json::to_value(doc).unwrap_or(Value::Null);
+        let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+            return (Self(rules), vec!["the document has no paths".into()]);
+        };
+        for (path, item) in paths {
+            for m in METHODS {
+                let Some(op) = item.get(m) else { continue };
+                let Ok(method) = Method::from_str(&m.to_ascii_uppercase()) else {
+                    continue;
+                };
+                match rule_of(op) {
+                    Ok(rule) => {
+                        rules.insert((method, path.clone()), rule);
+                    }
+                    Err(why) => problems.push(format!("{} {path}: {why}", m.to_ascii_uppercase())),
+                }
+            }
+        }
+        (Self(rules), problems)
+    }
+
+    fn get(&self, method: &Method, route: &str) -> Option<Rule> {
+        self.0.get(&(method.clone(), route.to_owned())).copied()
+    }
+}
+
+fn rule_of(op: &Value) -> Result<Rule, String> {
+    let Some(reqs) = op.get("security").and_then(Value::as_array) else {
+        return Err(
+            "declares no security requirement (add security(...) to its #[utoipa::path])".into(),
+        );
+    };
+    if reqs
+        .iter()
+        .any(|r| r.as_object().is_some_and(serde_json::Map::is_empty))
+    {
+        return Ok(Rule::Public);
+    }
+    let [req] = reqs.as_slice() else {
+        return Err("must declare exactly one requirement".into());
+    };
+    let scopes = req
+        .get("bearer")
+        .and_then(Value::as_array)
+        .ok_or("names a scheme other than bearer")?;
+    match scopes.as_slice() {
+        [] => Ok(Rule::Authenticated),
+        [s] => s
+            .as_str()
+            .ok_or_else(|| "a scope is not a string".to_owned())?
+            .parse()
+            .map(Rule::Scope),
+        _ => Err("must name at most one scope".into()),
+    }
+}
+
+/// Routes whose calls are many and recorded elsewhere (the registry, the
+/// log, the task record): audited only with `audit.data_plane`; their
+/// refusals always are.
+const DATA_PLANE: &[(&str, &str)] = &[
+    ("POST", "/api/v1/agents/{id}/heartbeat"),
+    ("POST", "/api/v1/events"),
+    ("POST", "/api/v1/groups/{name}/pull"),
+    ("POST", "/api/v1/groups/{name}/ack"),
+    ("POST", "/api/v1/groups/{name}/nack"),
+    ("POST", "/api/v1/tasks/claim"),
+    ("PATCH", "/api/v1/tasks/{id}"),
+    ("POST", "/api/v1/messages"),
+    ("POST", "/api/v1/requests"),
+];
+
+/// Routes that take the credential from the `access_token` query parameter
+/// too, because browsers cannot set headers on WebSockets and EventSource.
+const QUERY_TOKEN_ROUTES: &[&str] = &["/ws", "/api/v1/events/stream"];
+
+/// What the access layer needs.
+#[derive(Clone)]
+pub(crate) struct Access {
+    pub(crate) auth: Auth,
+    pub(crate) bus: Bus,
+    pub(crate) metrics: Metrics,
+    pub(crate) policies: Arc<Policies>,
+    pub(crate) audit_data_plane: bool,
+    data_plane: Arc<HashSet<(Method, &'static str)>>,
+}
+
+impl Access {
+    pub(crate) fn new(
+        auth: Auth,
+        bus: Bus,
+        metrics: Metrics,
+        policies: Policies,
+        audit_data_plane: bool,
+    ) -> Self {
+        let data_plane = DATA_PLANE
+            .iter()
+            .filter_map(|(m, p)| Method::from_str(m).ok().map(|m| (m, *p)))
+            .collect();
+        Self {
+            auth,
+            bus,
+            metrics,
+            policies: Arc::new(policies),
+            audit_data_plane,
+            data_plane: Arc::new(data_plane),
+        }
+    }
+}
+
+/// The authenticated caller of a request (none on public routes).
+#[derive(Clone, Default)]
+pub(crate) struct Caller(pub(crate) Option<Arc<Principal>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+impl Caller {
+    /// The principal.
+    pub(crate) fn principal(&self) -> Option<&Principal> {
+        self.0.as_deref()
+    }
+
+    /// The agent's id, when the caller is an agent.
+    pub(crate) fn agent_id(&self) -> Option<&str> {
+        self.principal().and_then(Principal::agent_id)
+    }
+
+    /// Refuses an agent acting on another agent's `id`.
+    pub(crate) fn require_self_or_staff(&self, id: &str, what: &str) -> Result<(), ApiError> {
+        match self.agent_id() {
+            Some(me) if me != id => Err(ApiError::forbidden(format!(
+                "agent {me} may not {what} agent {id}; an agent acts only on itself"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses agents outright (`what` says what they tried).
+    pub(crate) fn require_not_agent(&self, what: &str) -> Result<(), ApiError> {
+        match self.agent_id() {
+            Some(me) => Err(ApiError::forbidden(format!(
+                "agent {me} may not {what}; this needs an operator or admin"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a publish on `topic` outside the caller's ACL.
+    pub(crate) fn may_publish(&self, topic: &str) -> Result<(), ApiError> {
+        match self.principal() {
+            Some(p) => p.may_publish(topic).map_err(ApiError::forbidden),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a subscription to `pattern` outside the caller's ACL.
+    pub(crate) fn may_subscribe(&self, pattern: &switchboard_bus::Pattern) -> Result<(), ApiError> {
+        match self.principal() {
+            Some(p) => p.may_subscribe(pattern).map_err(ApiError::forbidden),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a subscription to any of `patterns` (all topics when empty)
+    /// outside the caller's ACL.
+    pub(crate) fn may_subscribe_all(
+        &self,
+        patterns: &[switchboard_bus::Pattern],
+    ) -> Result<(), ApiError> {
+        if self.agent_id().is_none() {
+            return Ok(());
+        }
+        if patterns.is_empty() {
+            let all = switchboard_bus::Pattern::parse(">")
+                .map_err(|e| ApiError::internal(format!("the pattern '>': {e}")))?;
+            return self.may_subscribe(&all);
+        }
+        patterns.iter().try_for_each(|p| self.may_subscribe(p))
+    }
+
+    /// Refuses an agent the use of a consumer group whose topics its ACL
+    /// does not cover.
+    pub(crate) async fn may_use_group(
+        &self,
+        groups: &switchboard_bus::groups::Groups,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        if self.agent_id().is_none() {
+            return Ok(());
+        }
+        let patterns = groups.patterns(name).await?;
+        self.may_subscribe_all(&patterns)
+    }
+
+    /// Checks an event an agent publishes against its ACL, and stamps it
+    /// with the agent as its `sourceagent` (which it may not claim to be
+    /// another agent).
+    pub(crate) fn stamp_publish(&self, event: &mut NewEvent) -> Result<(), ApiError> {
+        self.may_publish(&event.topic)?;
+        if let Some(me) = self.agent_id() {
+            match event.extension("sourceagent") {
+                Some(given) if given != me => {
+                    return Err(ApiError::forbidden(format!(
+                        "agent {me} may not publish as sourceagent {given:?}"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    event
+                        .extensions
+                        .insert("sourceagent".into(), Value::String(me.to_owned()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves when the caller's credential expires (never, for one that
+    /// does not); long-lived streams end then.
+    pub(crate) fn expiry(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let at = self.principal().and_then(|p| p.expires_at);
+        async move {
+            match at {
+                Some(ms) => {
+                    let left = ms - chrono::Utc::now().timestamp_millis();
+                    let left = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Whether the caller holds `scope`.
+    pub(crate) fn can(&self, scope: Scope) -> bool {
+        self.principal().is_some_and(|p| p.can(scope))
+    }
+}
+
+/// The principal every request runs as when authentication is disabled.
+fn unauthenticated_admin() -> Principal {
+    Principal {
+        id: "auth-disabled".into(),
+        kind: PrincipalKind::Operator,
+        role: Role::Admin,
+        scopes: Scopes::all(),
+        acl: None,
+        token_id: None,
+        expires_at: None,
+    }
+}
+
+/// The bearer credential of a request, if any.
+fn credential<'r>(headers: &'r HeaderMap, query: Option<&'r str>, route: &str) -> Option<&'r str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        return match v.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => Some(v[7..].trim()),
+            _ => Some(""),
+        };
+    }
+    if QUERY_TOKEN_ROUTES.contains(&route) {
+        return query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("access_token="))
+            .filter(|t| !t.is_empty());
+    }
+    None
+}
+
+fn source_ip(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+fn rate_headers(resp: &mut Response, d: &Decision) {
+    let h = resp.headers_mut();
+    h.insert(LIMIT, HeaderValue::from(d.limit));
+    h.insert(REMAINING, HeaderValue::from(d.remaining));
+    h.insert(RESET, HeaderValue::from(d.reset_s));
+}
+
+/// The middleware, run on every matched route (a route layer), in order:
+/// find the rule, authenticate, count against the rate limit, authorize,
+/// run the handler, add the rate limit headers, audit.
+pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let ip = source_ip(&req);
+    let (path, correlation) = match req.extensions().get::<RequestContext>() {
+        Some(c) => (c.path.to_string(), c.correlation_id.to_string()),
+        None => (req.uri().path().to_owned(), String::new()),
+    };
+    let at = Where {
+        ip,
+        method: method.clone(),
+        route: route.clone(),
+        path,
+        correlation,
+    };
+    let Some(rule) = access.policies.get(&method, &route) else {
+        tracing::error!(%method, %route, "a route without an authorization rule was called; refused");
+        let resp =
+            ApiError::forbidden("this route has no authorization rule, so nobody may call it")
+                .into_response();
+        return audited(&access, None, &at, resp).await;
+    };
+
+    let principal = if !access.auth.enabled() {
+        Some(Arc::new(unauthenticated_admin()))
+    } else if rule == Rule::Public {
+        None
+    } else {
+        let given = credential(req.headers(), req.uri().query(), &route);
+        let refused = match given {
+            None => Err(ApiError::unauthorized(
+                "UNAUTHENTICATED",
+                "this route needs a credential: send Authorization: Bearer <token or API key>",
+            )),
+            Some(c) => access.auth.authenticate(c).map_err(|f| {
+                note_failure(&access, ip, &f);
+                ApiError::unauthorized(failure_code(&f), f.message.clone())
+            }),
+        };
+        match refused {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                if given.is_none() {
+                    access.metrics.auth_failure("missing");
+                }
+                let resp = e.into_response();
+                return audited(&access, None, &at, resp).await;
+            }
+        }
+    };
+
+    let quota = access.auth.config().rate_limits.quota(principal.as_deref());
+    let decision = match quota {
+        Some(q) => {
+            let who = principal
+                .as_ref()
+                .map_or_else(|| ip.to_string(), |p| p.id.to_string());
+            Some(
+                access
+                    .auth
+                    .check_rate(&format!("{who} {method} {route}"), q)
+                    .await,
+            )
+        }
+        None => None,
+    };
+    if let Some(d) = decision.filter(|d| !d.allowed) {
+        access.metrics.rate_limited();
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMIT_EXCEEDED",
+            format!(
+                "too many requests to {method} {route}: at most {} at once; try again in {} s",
+                d.limit, d.retry_after_s
+            ),
+        )
+        .with_retry_after(d.retry_after_s)
+        .into_response();
+        rate_headers(&mut resp, &d);
+        return resp;
+    }
+
+    if let (Rule::Scope(scope), Some(p)) = (rule, principal.as_deref())
+        && !p.can(scope)
+    {
+        access.metrics.access_denied();
+        let mut resp = ApiError::forbidden(format!(
+            "{} ({} {}) lacks the scope {scope} that {method} {route} needs",
+            p.id,
+            p.kind.as_str(),
+            p.role
+        ))
+        .with_details(json!({ "required_scope": scope.as_str(), "scopes": p.scopes.to_string() }))
+        .into_response();
+        if let Some(d) = &decision {
+            rate_headers(&mut resp, d);
+        }
+        return audited(&access, principal.as_deref(), &at, resp).await;
+    }
+
+    req.extensions_mut().insert(Caller(principal.clone()));
+    let mut resp = next.run(req).await;
+    if let Some(d) = &decision {
+        rate_headers(&mut resp, d);
+    }
+    let status = resp.status();
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let data_plane = access
+        .data_plane
+        .contains(&(method.clone(), route.as_str()));
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    if refused {
+        access.metrics.access_denied();
+    }
+    if status == StatusCode::UNAUTHORIZED && rule == Rule::Public {
+        // A public route that authenticates by itself (the token
+        // endpoint) refused a client: count it like a refused token.
+        let reason = resp
+            .extensions()
+            .get::<ErrorCode>()
+            .map_or("invalid", |c| c.0);
+        note_failure(
+            &access,
+            ip,
+            &AuthFailure {
+                reason: if reason == "INVALID_CLIENT" {
+                    "invalid_client"
+                } else {
+                    "invalid"
+                },
+                message: String::new(),
+            },
+        );
+    }
+    if refused || (mutating && (!data_plane || access.audit_data_plane)) {
+        record(&access, entry(principal.as_deref(), &at, &resp)).await;
+    }
+    resp
+}
+
+/// Where a request came from and what it asked for, for the audit log.
+struct Where {
+    ip: IpAddr,
+    method: Method,
+    route: String,
+    path: String,
+    correlation: String,
+}
+
+fn failure_code(f: &AuthFailure) -> &'static str {
+    match f.reason {
+        "expired" => "TOKEN_EXPIRED",
+        "revoked" => "TOKEN_REVOKED",
+        _ => "INVALID_TOKEN",
+    }
+}
+
+fn note_failure(access: &Access, ip: IpAddr, f: &AuthFailure) {
+    access.metrics.auth_failure(f.reason);
+    if let Some(count) = access.auth.note_failure(ip) {
+        let window = access.auth.config().failure_window;
+        tracing::warn!(%ip, count, "repeated authentication failures");
+        let bus = access.bus.clone();
+        let data = json!({
+            "kind": "auth_failures",
+            "severity": "warning",
+            "source_ip": ip.to_string(),
+            "failures": count,
+            "window_seconds": window.as_secs(),
+            "message": format!("{count} failed authentications from {ip} within {window:?}"),
+        });
+        let subject = ip.to_string();
+        tokio::spawn(async move {
+            let now = chrono::Utc::now().timestamp_millis();
+            let event = NewEvent::hub("system.alert", "/switchboard/auth", &subject, now, data);
+            if let Err(error) = bus.publish(vec![event]).await {
+                tracing::warn!(%error, "could not publish the authentication alert");
+            }
+        });
+    }
+}
+
+fn entry(principal: Option<&Principal>, at: &Where, resp: &Response) -> AuditEntry {
+    AuditEntry {
+        at: chrono::Utc::now().timestamp_millis(),
+        principal: principal.map_or_else(|| "anonymous".to_owned(), |p| p.id.to_string()),
+        principal_kind: principal
+            .map_or("anonymous", |p| p.kind.as_str())
+            .to_owned(),
+        action: format!("{} {}", at.method, at.route),
+        resource: at.path.clone(),
+        outcome: resp.status().as_u16(),
+        reason: resp
+            .extensions()
+            .get::<ErrorCode>()
+            .map_or_else(String::new, |c| c.0.to_owned()),
+        source: at.ip.to_string(),
+        correlation_id: at.correlation.clone(),
+    }
+}
+
+/// Audits a refusal made before the handler ran.
+async fn audited(
+    access: &Access,
+    principal: Option<&Principal>,
+    at: &Where,
+    resp: Response,
+) -> Response {
+    record(access, entry(principal, at, &resp)).await;
+    resp
+}
+
+async fn record(access: &Access, entry: AuditEntry) {
+    if let Err(error) = access.auth.audit().record(entry).await {
+        access.metrics.audit_failure();
+        tracing::error!(%error, "an audit record was lost");
+    }
+}
