@@ -339,10 +339,31 @@ fn credential<'r>(headers: &'r HeaderMap, query: Option<&'r str>, route: &str) -
     None
 }
 
-fn source_ip(req: &Request) -> IpAddr {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+/// The peer of a connection as the server's listener saw it: its address,
+/// and the identity its verified client certificate names (mTLS). The
+/// server's listeners report it as their address (wrapped in axum's
+/// `TapIo`, whose `Connected` impl hands it to `ConnectInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddr {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// The subject common name of its verified client certificate: the id
+    /// of the agent it stands for.
+    pub certificate: Option<Arc<str>>,
+}
+
+impl ClientAddr {
+    /// A peer at `addr`, with a verified certificate identity or none.
+    pub fn new(addr: SocketAddr, certificate: Option<Arc<str>>) -> Self {
+        Self { addr, certificate }
+    }
+}
+
+fn peer(req: &Request) -> (IpAddr, Option<Arc<str>>) {
+    match req.extensions().get::<ConnectInfo<ClientAddr>>() {
+        Some(c) => (c.0.addr.ip(), c.0.certificate.clone()),
+        None => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), None),
+    }
 }
 
 const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -366,7 +387,7 @@ pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: 
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
-    let ip = source_ip(&req);
+    let (ip, certificate) = peer(&req);
     let (path, correlation) = match req.extensions().get::<RequestContext>() {
         Some(c) => (c.path.to_string(), c.correlation_id.to_string()),
         None => (req.uri().path().to_owned(), String::new()),
@@ -392,22 +413,39 @@ pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: 
         None
     } else {
         let given = credential(req.headers(), req.uri().query(), &route);
-        let refused = match given {
-            None => Err(ApiError::unauthorized(
-                "UNAUTHENTICATED",
-                "this route needs a credential: send Authorization: Bearer <token or API key>",
-            )),
-            Some(c) => access.auth.authenticate(c).map_err(|f| {
-                note_failure(&access, ip, &f);
-                ApiError::unauthorized(failure_code(&f), f.message.clone())
+        let refused = match (given, &certificate) {
+            (None, None) => Err(AuthFailure {
+                reason: "missing",
+                message: String::new(),
             }),
-        };
+            // A verified client certificate names its agent.
+            (None, Some(agent)) => access.auth.authenticate_certificate(agent),
+            (Some(c), cert) => access.auth.authenticate(c).and_then(|p| {
+                match (p.agent_id(), cert) {
+                    (Some(holder), Some(named)) if holder != &**named => Err(AuthFailure {
+                        reason: "certificate_mismatch",
+                        message: format!(
+                            "a token of agent {holder} over a connection whose client certificate names agent {named}"
+                        ),
+                    }),
+                    _ => Ok(p),
+                }
+            }),
+        }
+        .map_err(|f| {
+            if f.reason == "missing" {
+                access.metrics.auth_failure("missing");
+                return ApiError::unauthorized(
+                    "UNAUTHENTICATED",
+                    "this route needs a credential: send Authorization: Bearer <token or API key>",
+                );
+            }
+            note_failure(&access, ip, &f);
+            ApiError::unauthorized(failure_code(&f), f.message.clone())
+        });
         match refused {
             Ok(p) => Some(Arc::new(p)),
             Err(e) => {
-                if given.is_none() {
-                    access.metrics.auth_failure("missing");
-                }
                 let resp = e.into_response();
                 return audited(&access, None, &at, resp).await;
             }
@@ -579,5 +617,42 @@ async fn record(access: &Access, entry: AuditEntry) {
     if let Err(error) = access.auth.audit().record(entry).await {
         access.metrics.audit_failure();
         tracing::error!(%error, "an audit record was lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_route_has_a_rule() {
+        assert_eq!(crate::policy_problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_route_without_a_rule_is_reported_and_has_none() {
+        let doc: utoipa::openapi::OpenApi = serde_json::from_value(json!({
+            "openapi": "3.1.0",
+            "info": {"title": "t", "version": "1"},
+            "paths": {
+                "/open": {"get": {"responses": {}, "security": [{}]}},
+                "/scoped": {"post": {"responses": {}, "security": [{"bearer": ["tasks:write"]}]}},
+                "/any": {"get": {"responses": {}, "security": [{"bearer": []}]}},
+                "/forgotten": {"delete": {"responses": {}}},
+                "/typo": {"get": {"responses": {}, "security": [{"bearer": ["task:write"]}]}},
+            }
+        }))
+        .expect("doc");
+        let (p, problems) = Policies::from_openapi(&doc);
+        assert_eq!(p.get(&Method::GET, "/open"), Some(Rule::Public));
+        assert_eq!(
+            p.get(&Method::POST, "/scoped"),
+            Some(Rule::Scope(Scope::TasksWrite))
+        );
+        assert_eq!(p.get(&Method::GET, "/any"), Some(Rule::Authenticated));
+        assert_eq!(p.get(&Method::DELETE, "/forgotten"), None);
+        assert_eq!(p.get(&Method::GET, "/typo"), None);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("/forgotten") || problems[1].contains("/forgotten"));
     }
 }

@@ -33,6 +33,7 @@ mod middleware;
 mod routes;
 mod state;
 
+pub use access::ClientAddr;
 pub use context::CORRELATION_ID;
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks};

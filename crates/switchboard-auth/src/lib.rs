@@ -464,6 +464,33 @@ impl Auth {
         ))
     }
 
+    /// The agent a verified client certificate names (mTLS): known, with
+    /// credentials that were not revoked.
+    pub fn authenticate_certificate(&self, agent_id: &str) -> Result<Principal, AuthFailure> {
+        let state = self.read();
+        let Some(cred) = state.credentials.get(agent_id) else {
+            return Err(AuthFailure::new(
+                "unknown_certificate",
+                format!("the client certificate names agent {agent_id}, which is not registered"),
+            ));
+        };
+        if cred.record.secrets.is_empty() && cred.record.tokens_valid_after > 0 {
+            return Err(AuthFailure::new(
+                "revoked",
+                format!("the credentials of agent {agent_id} have been revoked"),
+            ));
+        }
+        Ok(Principal {
+            id: agent_id.into(),
+            kind: PrincipalKind::Agent,
+            role: Role::Agent,
+            scopes: Role::Agent.scopes(),
+            acl: Some(cred.acl.clone()),
+            token_id: None,
+            expires_at: None,
+        })
+    }
+
     fn authenticate_api_key(&self, rest: &str) -> Result<Principal, AuthFailure> {
         let bad = || AuthFailure::new("bad_api_key", "the API key is not valid");
         let (id, secret) = (rest.get(..KEY_ID_LEN), rest.get(KEY_ID_LEN + 1..));

@@ -48,6 +48,14 @@ struct Cli {
     /// `switchboard login` stored for this hub).
     #[arg(long, global = true, env = "SWITCHBOARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust these CA certificates (PEM) for the hub's TLS certificate
+    /// (a private CA, or the hub's self-signed one).
+    #[arg(long, global = true, env = "SWITCHBOARD_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Present this client certificate and key (one PEM file) to the hub
+    /// (mTLS; the certificate's common name is the agent's id).
+    #[arg(long, global = true, env = "SWITCHBOARD_CLIENT_CERT")]
+    client_cert: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -109,8 +117,22 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let json = cli.json;
+        let tls = || -> anyhow::Result<switchboard_client::Tls> {
+            let read = |p: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
+                p.as_ref()
+                    .map(|p| {
+                        std::fs::read(p)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+                    })
+                    .transpose()
+            };
+            Ok(switchboard_client::Tls {
+                ca_pem: read(&cli.ca_cert)?,
+                identity_pem: read(&cli.client_cert)?,
+            })
+        };
         let connect = || -> anyhow::Result<switchboard_client::Client> {
-            let client = switchboard_client::Client::new(&cli.hub)?;
+            let client = switchboard_client::Client::new(&cli.hub)?.with_tls(&tls()?)?;
             let token = cli.token.clone().or_else(|| auth::stored_token(&cli.hub));
             Ok(match token {
                 Some(t) => client.with_token(&t),
@@ -120,7 +142,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Login(args) => {
-                let client = switchboard_client::Client::new(&cli.hub)?;
+                let client = switchboard_client::Client::new(&cli.hub)?.with_tls(&tls()?)?;
                 auth::login(&cli.hub, client, args).await
             }
             Command::Auth(cmd) => auth::run(connect()?, json, cmd).await,

@@ -37,6 +37,20 @@ pub(crate) struct ServeArgs {
     /// the network in clear).
     #[arg(long)]
     insecure_plain_http: bool,
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate for localhost, made once
+    /// under the data directory (development only).
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
+    /// Accept client certificates signed by these CAs (PEM): an agent is
+    /// then known by its certificate's common name (mTLS).
+    #[arg(long, env = "SWITCHBOARD_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -55,6 +69,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         admin_token: args.admin_token,
         allow_plain_http: args.insecure_plain_http,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_self_signed: args.tls_self_signed,
+        tls_client_ca: args.tls_client_ca,
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     // Every connection is a file descriptor: take all the system allows.
@@ -66,7 +84,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    if !config.listen.ip().is_loopback() {
+    let scheme = if config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    if let switchboard_server::TlsMode::SelfSigned = config.tls.mode {
+        let (cert, _) = switchboard_server::tls::self_signed_paths(&config.data_dir);
+        tracing::info!(cert = %cert.display(), "TLS with a self-signed certificate: clients trust it with --ca-cert");
+    }
+    if !config.listen.ip().is_loopback() && !config.tls.enabled() {
         tracing::warn!(
             listen = %config.listen,
             "serving plain HTTP on a non-loopback address: tokens and secrets cross the network in clear"
@@ -82,7 +109,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     // The one line on stdout: scripts and tests read the bound address here.
-    println!("switchboard listening on http://{addr}");
+    println!("switchboard listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, "listening");
     hub.serve(listener, shutdown_signal()).await?;

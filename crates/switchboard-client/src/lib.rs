@@ -112,6 +112,15 @@ impl AgentListQuery {
     }
 }
 
+/// TLS settings of a [`Client`].
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// CA certificates (PEM) to trust besides the system's web roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its private key, in one PEM.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
 /// A connection to one hub. Cheap to clone; connections are pooled.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -137,23 +146,53 @@ impl Client {
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
+        let (http, stream_http) = Self::http_clients(&Tls::default()).map_err(bad)?;
         Ok(Self {
             base: url,
             http,
             stream_http,
             token: None,
         })
+    }
+
+    fn http_clients(tls: &Tls) -> Result<(reqwest::Client, reqwest::Client), String> {
+        let build = |timeout: Option<Duration>| {
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true);
+            if let Some(t) = timeout {
+                b = b.timeout(t);
+            }
+            if let Some(ca) = &tls.ca_pem {
+                for cert in reqwest::Certificate::from_pem_bundle(ca)
+                    .map_err(|e| format!("the CA certificate file is not PEM certificates: {e}"))?
+                {
+                    b = b.add_root_certificate(cert);
+                }
+            }
+            if let Some(id) = &tls.identity_pem {
+                let identity = reqwest::Identity::from_pem(id).map_err(|e| {
+                    format!("the client certificate and key are not usable PEM: {e}")
+                })?;
+                b = b.identity(identity);
+            }
+            b.build().map_err(|e| e.to_string())
+        };
+        Ok((build(Some(Duration::from_secs(60)))?, build(None)?))
+    }
+
+    /// The same client, trusting `tls.ca_pem` (for a hub with a private or
+    /// self-signed certificate) and presenting `tls.identity_pem` as its
+    /// client certificate (mTLS).
+    pub fn with_tls(mut self, tls: &Tls) -> Result<Self, ClientError> {
+        let (http, stream_http) =
+            Self::http_clients(tls).map_err(|reason| ClientError::BadUrl {
+                url: self.base.to_string(),
+                reason,
+            })?;
+        self.http = http;
+        self.stream_http = stream_http;
+        Ok(self)
     }
 
     /// The same client, sending `token` (an API key or a JWT) as its

@@ -19,6 +19,7 @@ use switchboard_store::{SqliteConfig, Synchronous};
 use switchboard_tasks::TasksConfig;
 
 use crate::ServerError;
+use crate::tls::{TlsConfig, TlsMode};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
@@ -48,6 +49,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Serve plain HTTP on a non-loopback address (without TLS).
     pub allow_plain_http: bool,
+    /// TLS, and client certificates.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             synchronous: Synchronous::Normal,
             auth: AuthConfig::default(),
             allow_plain_http: false,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -85,6 +89,14 @@ pub struct Overrides {
     pub admin_token: Option<String>,
     /// `--insecure-plain-http`.
     pub allow_plain_http: bool,
+    /// `--tls-cert` / `SWITCHBOARD_TLS_CERT`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key` / `SWITCHBOARD_TLS_KEY`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-self-signed`.
+    pub tls_self_signed: bool,
+    /// `--tls-client-ca` / `SWITCHBOARD_TLS_CLIENT_CA`.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +122,18 @@ struct FileConfig {
     rate_limit: FileRateLimit,
     #[serde(default)]
     audit: FileAudit,
+    #[serde(default)]
+    tls: FileTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    self_signed: Option<bool>,
+    client_ca_file: Option<PathBuf>,
+    require_client_cert: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -408,12 +432,13 @@ impl Config {
             c.http.audit_data_plane = d;
         }
         c.allow_plain_http = o.allow_plain_http;
-        if !c.listen.ip().is_loopback() && !c.allow_plain_http {
+        c.build_tls(f.tls, o, &mut errs);
+        if !c.listen.ip().is_loopback() && !c.allow_plain_http && !c.tls.enabled() {
             errs.push(FieldError::new(
                 "listen",
                 format!(
                     "{} is not a loopback address: serving plain HTTP there would expose credentials; \
-                     pass --insecure-plain-http to do it anyway",
+                     configure TLS (--tls-cert/--tls-key), or pass --insecure-plain-http to do it anyway",
                     c.listen
                 ),
             ));
@@ -437,6 +462,45 @@ impl Config {
             Ok(c)
         } else {
             Err(ServerError::Config(errs))
+        }
+    }
+
+    fn build_tls(&mut self, f: FileTls, o: &Overrides, errs: &mut Vec<FieldError>) {
+        let cert = o.tls_cert.clone().or(f.cert_file);
+        let key = o.tls_key.clone().or(f.key_file);
+        let self_signed = o.tls_self_signed || f.self_signed.unwrap_or(false);
+        self.tls.mode = match (cert, key, self_signed) {
+            (None, None, false) => TlsMode::Off,
+            (None, None, true) => TlsMode::SelfSigned,
+            (Some(cert), Some(key), false) => TlsMode::Files { cert, key },
+            (Some(_), Some(_), true) => {
+                errs.push(FieldError::new(
+                    "tls.self_signed",
+                    "give a certificate and key, or self_signed, not both",
+                ));
+                TlsMode::Off
+            }
+            (Some(_), None, _) | (None, Some(_), _) => {
+                errs.push(FieldError::new(
+                    "tls.cert_file",
+                    "give both tls.cert_file and tls.key_file (--tls-cert, --tls-key)",
+                ));
+                TlsMode::Off
+            }
+        };
+        self.tls.client_ca = o.tls_client_ca.clone().or(f.client_ca_file);
+        self.tls.require_client_cert = f.require_client_cert.unwrap_or(false);
+        if self.tls.client_ca.is_some() && !self.tls.enabled() {
+            errs.push(FieldError::new(
+                "tls.client_ca_file",
+                "client certificates need TLS: give a certificate and key too",
+            ));
+        }
+        if self.tls.require_client_cert && self.tls.client_ca.is_none() {
+            errs.push(FieldError::new(
+                "tls.require_client_cert",
+                "needs tls.client_ca_file to check client certificates with",
+            ));
         }
     }
 

@@ -28,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod config;
+pub mod tls;
 
 pub use config::{Config, Overrides};
+pub use tls::{TlsConfig, TlsMode};
 
 /// What stops a hub from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +62,19 @@ pub struct Hub {
     audit_writer: AuditWriter,
     audit_stop: CancellationToken,
     first_admin_key: Option<String>,
+    /// The TLS configuration, read (and a self-signed certificate made)
+    /// before the hub answers anything.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Hub {
     /// Opens the store and builds every component.
     pub async fn open(config: Config) -> Result<Self, ServerError> {
+        let tls = if config.tls.enabled() {
+            Some(tls::server_config(&config.tls, &config.data_dir)?)
+        } else {
+            None
+        };
         let store = SqliteStore::open(&config.store()).await?;
         let registry = Registry::open(
             Arc::new(store.clone()),
@@ -126,6 +136,7 @@ impl Hub {
             engine,
             audit_writer: opened.audit_writer,
             audit_stop,
+            tls,
             first_admin_key: opened.first_admin_key,
         })
     }
@@ -176,20 +187,25 @@ impl Hub {
             });
         }
 
-        let app = switchboard_api::router(self.state.clone());
-        // Small requests and answers must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .into_future();
-        let mut server = tokio::spawn(server);
+        let app = switchboard_api::router(self.state.clone())
+            .into_make_service_with_connect_info::<switchboard_api::ClientAddr>();
+        let stop = token.clone().cancelled_owned();
+        let mut server = if let Some(tls) = self.tls.clone() {
+            let listener =
+                tls::TlsListener::start(listener, tls, token.child_token())?.tap_io(|_| {});
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .into_future(),
+            )
+        } else {
+            let listener = tls::PlainListener(listener).tap_io(|_| {});
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .into_future(),
+            )
+        };
         let served = tokio::select! {
             r = &mut server => r,
             _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {

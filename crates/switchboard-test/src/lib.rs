@@ -182,6 +182,8 @@ pub struct Spawn {
 pub struct HubProcess {
     /// The address it printed.
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     child: Child,
 }
 
@@ -236,7 +238,12 @@ impl HubProcess {
             .await
             .context("the hub printed no address within 60s")??
             .context("the hub exited before printing its address")?;
-        let Some(addr) = line.strip_prefix("switchboard listening on http://") else {
+        let (scheme, addr) = if let Some(a) = line.strip_prefix("switchboard listening on http://")
+        {
+            ("http", a)
+        } else if let Some(a) = line.strip_prefix("switchboard listening on https://") {
+            ("https", a)
+        } else {
             bail!("unexpected first line {line:?}");
         };
         let addr = addr
@@ -244,12 +251,16 @@ impl HubProcess {
             .with_context(|| format!("address in {line:?}"))?;
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { addr, child })
+        Ok(Self {
+            addr,
+            scheme,
+            child,
+        })
     }
 
     /// The absolute URL of `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// A typed client of this hub sending [`ADMIN_TOKEN`].
