@@ -64,6 +64,22 @@ where
     }
 }
 
+/// A JSON body read as bytes: 415 unless the media type is JSON, then as
+/// [`AppJson`] parses it.
+pub(crate) fn json_body<T: DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if !is_json(headers.get(header::CONTENT_TYPE)) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "the body must be JSON: send Content-Type: application/json",
+        ));
+    }
+    parse(bytes)
+}
+
 pub(crate) fn is_json(v: Option<&axum::http::HeaderValue>) -> bool {
     let Some(ct) = v.and_then(|v| v.to_str().ok()) else {
         return false;

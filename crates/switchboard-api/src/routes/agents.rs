@@ -248,9 +248,12 @@ pub(crate) async fn set_acl(
     State(auth): State<Auth>,
     caller: Caller,
     Path(id): Path<String>,
-    AppJson(body): AppJson<TopicAcl>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
 ) -> Result<Json<TopicAcl>, ApiError> {
+    // Refused before the body is read: no body makes it allowed.
     caller.require_not_agent("change topic ACLs")?;
+    let body: TopicAcl = crate::extract::json_body(&headers, &body)?;
     registry.get(&id).await?;
     let a = auth
         .set_acl(

@@ -2,6 +2,8 @@
 //!
 //! One binary for the whole suite (link time matters on small machines).
 
+mod access;
+mod audit;
 mod cli;
 mod errors;
 mod events;
@@ -14,6 +16,7 @@ mod registry;
 mod system;
 mod tasks;
 mod tasks_crash;
+mod tls;
 mod workflows;
 mod ws;
 
