@@ -52,7 +52,8 @@ impl Outcome {
     }
 }
 
-/// Runs `workers` connections against `addr` for `duration`.
+/// Runs `workers` connections against `addr` for `duration`, as the
+/// benchmark's admin.
 pub(crate) async fn run(
     addr: SocketAddr,
     workers: usize,
@@ -60,18 +61,43 @@ pub(crate) async fn run(
     duration: Duration,
     make: MakeRequest,
 ) -> anyhow::Result<Outcome> {
+    run_as(
+        addr,
+        workers,
+        mode,
+        duration,
+        make,
+        Some(crate::hub::bearer().into()),
+    )
+    .await
+}
+
+/// [`run`] with another `Authorization` header (or none).
+pub(crate) async fn run_as(
+    addr: SocketAddr,
+    workers: usize,
+    mode: Mode,
+    duration: Duration,
+    make: MakeRequest,
+    authorization: Option<Arc<str>>,
+) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::with_capacity(workers);
     for w in 0..workers {
-        let make = make.clone();
-        let period = match mode {
-            Mode::Rate(r) => Some(Duration::from_secs_f64(workers as f64 / r.max(1) as f64)),
-            Mode::Max => None,
+        let job = Job {
+            addr,
+            workers,
+            period: match mode {
+                Mode::Rate(r) => Some(Duration::from_secs_f64(workers as f64 / r.max(1) as f64)),
+                Mode::Max => None,
+            },
+            start,
+            deadline,
+            make: make.clone(),
+            authorization: authorization.clone(),
         };
-        tasks.push(tokio::spawn(async move {
-            worker(addr, w, workers, period, start, deadline, make).await
-        }));
+        tasks.push(tokio::spawn(async move { worker(w, job).await }));
     }
     let mut total = Outcome {
         requests: 0,
@@ -89,15 +115,27 @@ pub(crate) async fn run(
     Ok(total)
 }
 
-async fn worker(
+/// What each worker of a phase is given.
+struct Job {
     addr: SocketAddr,
-    w: usize,
     workers: usize,
     period: Option<Duration>,
     start: Instant,
     deadline: Instant,
     make: MakeRequest,
-) -> anyhow::Result<Outcome> {
+    authorization: Option<Arc<str>>,
+}
+
+async fn worker(w: usize, job: Job) -> anyhow::Result<Outcome> {
+    let Job {
+        addr,
+        workers,
+        period,
+        start,
+        deadline,
+        make,
+        authorization,
+    } = job;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .context("connect")?;
@@ -135,8 +173,10 @@ async fn worker(
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", addr.to_string())
-            .header("authorization", crate::hub::bearer());
+            .header("host", addr.to_string());
+        if let Some(a) = &authorization {
+            req = req.header("authorization", &**a);
+        }
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }

@@ -78,6 +78,9 @@ enum Scenario {
     Durable,
     /// Tasks end to end: create, claim, complete.
     Tasks,
+    /// What authentication and authorization add to a request: the same
+    /// route with auth on and off.
+    AuthOverhead,
 }
 
 /// What every scenario is given.
@@ -127,6 +130,9 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::All | Scenario::Tasks) {
             sections.push(scenarios::tasks::run(&settings).await?);
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::AuthOverhead) {
+            sections.push(scenarios::auth_overhead::run(&settings).await?);
         }
         anyhow::Ok(())
     })?;

@@ -1,5 +1,6 @@
 //! One module per scenario; each returns its report section.
 
+pub(crate) mod auth_overhead;
 pub(crate) mod durable;
 pub(crate) mod pubsub;
 pub(crate) mod registry;
