@@ -47,7 +47,7 @@ pub(crate) enum Rule {
 
 /// The rule of every route, by method and route template.
 #[derive(Debug, Default)]
-pub(crate) struct Policies(HashMap<(Method, String), Rule>);
+pub(crate) struct Policies(HashMap<Method, HashMap<String, Rule>>);
 
 const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
 
@@ -69,7 +69,10 @@ impl Policies {
                 };
                 match rule_of(op) {
                     Ok(rule) => {
-                        rules.insert((method, path.clone()), rule);
+                        rules
+                            .entry(method)
+                            .or_insert_with(HashMap::new)
+                            .insert(path.clone(), rule);
                     }
                     Err(why) => problems.push(format!("{} {path}: {why}", m.to_ascii_uppercase())),
                 }
@@ -78,8 +81,8 @@ impl Policies {
         (Self(rules), problems)
     }
 
-    fn get(&self, method: &Method, route: &str) -> Option<Rule> {
-        self.0.get(&(method.clone(), route.to_owned())).copied()
+    pub(crate) fn get(&self, method: &Method, route: &str) -> Option<Rule> {
+        self.0.get(method)?.get(route).copied()
     }
 }
 
@@ -350,12 +353,28 @@ pub struct ClientAddr {
     /// The subject common name of its verified client certificate: the id
     /// of the agent it stands for.
     pub certificate: Option<Arc<str>>,
+    /// Whether the connection is TLS.
+    pub secure: bool,
 }
 
 impl ClientAddr {
-    /// A peer at `addr`, with a verified certificate identity or none.
-    pub fn new(addr: SocketAddr, certificate: Option<Arc<str>>) -> Self {
-        Self { addr, certificate }
+    /// A peer at `addr` over plain TCP.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            certificate: None,
+            secure: false,
+        }
+    }
+
+    /// A peer at `addr` over TLS, with a verified certificate identity or
+    /// none.
+    pub fn tls(addr: SocketAddr, certificate: Option<Arc<str>>) -> Self {
+        Self {
+            addr,
+            certificate,
+            secure: true,
+        }
     }
 }
 
@@ -381,30 +400,89 @@ fn rate_headers(resp: &mut Response, d: &Decision) {
 /// find the rule, authenticate, count against the rate limit, authorize,
 /// run the handler, add the rate limit headers, audit.
 pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
-    let (ip, certificate) = peer(&req);
-    let (path, correlation) = match req.extensions().get::<RequestContext>() {
-        Some(c) => (c.path.to_string(), c.correlation_id.to_string()),
-        None => (req.uri().path().to_owned(), String::new()),
+    // The gateway's three templates (`/gw/{service}`, with `/`, with
+    // `/{*path}`) are documented as one.
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(m) if m.as_str().starts_with("/gw/{service}") => "/gw/{service}/{path}".to_owned(),
+        Some(m) => m.as_str().to_owned(),
+        None => String::new(),
     };
+    let rule = access.policies.get(req.method(), &route);
+    let admitted = match admit(&access, &Head::of(&req), route, rule).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    req.extensions_mut()
+        .insert(Caller(admitted.principal.clone()));
+    let resp = next.run(req).await;
+    finish(&access, admitted, resp).await
+}
+
+/// A request let through: who it is, what the rate limit said, and what
+/// the audit record needs.
+pub(crate) struct Admitted {
+    pub(crate) principal: Option<Arc<Principal>>,
+    decision: Option<Decision>,
+    rule: Rule,
+    at: Where,
+}
+
+/// What access control reads of a request (a request's body may not be
+/// shared across threads; this can).
+pub(crate) struct Head {
+    method: Method,
+    headers: HeaderMap,
+    query: Option<String>,
+    ip: IpAddr,
+    certificate: Option<Arc<str>>,
+    path: String,
+    correlation: String,
+}
+
+impl Head {
+    pub(crate) fn of(req: &Request) -> Self {
+        let (ip, certificate) = peer(req);
+        let (path, correlation) = match req.extensions().get::<RequestContext>() {
+            Some(c) => (c.path.to_string(), c.correlation_id.to_string()),
+            None => (req.uri().path().to_owned(), String::new()),
+        };
+        Self {
+            method: req.method().clone(),
+            headers: req.headers().clone(),
+            query: req.uri().query().map(str::to_owned),
+            ip,
+            certificate,
+            path,
+            correlation,
+        }
+    }
+}
+
+/// Authenticates, rate-limits and authorizes a request to `route` under
+/// `rule` (`None`: the route has no rule and is refused). A refusal is the
+/// answer to send, already audited.
+pub(crate) async fn admit(
+    access: &Access,
+    head: &Head,
+    route: String,
+    rule: Option<Rule>,
+) -> Result<Admitted, Response> {
+    let method = head.method.clone();
+    let (ip, certificate) = (head.ip, head.certificate.clone());
+    let (path, correlation) = (head.path.clone(), head.correlation.clone());
     let at = Where {
         ip,
         method: method.clone(),
-        route: route.clone(),
+        route,
         path,
         correlation,
     };
-    let Some(rule) = access.policies.get(&method, &route) else {
-        tracing::error!(%method, %route, "a route without an authorization rule was called; refused");
+    let Some(rule) = rule else {
+        tracing::error!(%method, route = %at.route, "a route without an authorization rule was called; refused");
         let resp =
             ApiError::forbidden("this route has no authorization rule, so nobody may call it")
                 .into_response();
-        return audited(&access, None, &at, resp).await;
+        return Err(audited(access, None, &at, resp).await);
     };
 
     let principal = if !access.auth.enabled() {
@@ -412,7 +490,7 @@ pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: 
     } else if rule == Rule::Public {
         None
     } else {
-        let given = credential(req.headers(), req.uri().query(), &route);
+        let given = credential(&head.headers, head.query.as_deref(), &at.route);
         let refused = match (given, &certificate) {
             (None, None) => Err(AuthFailure {
                 reason: "missing",
@@ -440,14 +518,14 @@ pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: 
                     "this route needs a credential: send Authorization: Bearer <token or API key>",
                 );
             }
-            note_failure(&access, ip, &f);
+            note_failure(access, ip, &f);
             ApiError::unauthorized(failure_code(&f), f.message.clone())
         });
         match refused {
             Ok(p) => Some(Arc::new(p)),
             Err(e) => {
                 let resp = e.into_response();
-                return audited(&access, None, &at, resp).await;
+                return Err(audited(access, None, &at, resp).await);
             }
         }
     };
@@ -461,7 +539,7 @@ pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: 
             Some(
                 access
                     .auth
-                    .check_rate(&format!("{who} {method} {route}"), q)
+                    .check_rate(&format!("{who} {method} {}", at.route), q)
                     .await,
             )
         }
@@ -473,14 +551,14 @@ pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: 
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMIT_EXCEEDED",
             format!(
-                "too many requests to {method} {route}: at most {} at once; try again in {} s",
-                d.limit, d.retry_after_s
+                "too many requests to {method} {}: at most {} at once; try again in {} s",
+                at.route, d.limit, d.retry_after_s
             ),
         )
         .with_retry_after(d.retry_after_s)
         .into_response();
         rate_headers(&mut resp, &d);
-        return resp;
+        return Err(resp);
     }
 
     if let (Rule::Scope(scope), Some(p)) = (rule, principal.as_deref())
@@ -488,43 +566,63 @@ pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: 
     {
         access.metrics.access_denied();
         let mut resp = ApiError::forbidden(format!(
-            "{} ({} {}) lacks the scope {scope} that {method} {route} needs",
+            "{} ({} {}) lacks the scope {scope} that {method} {} needs",
             p.id,
             p.kind.as_str(),
-            p.role
+            p.role,
+            at.route
         ))
         .with_details(json!({ "required_scope": scope.as_str(), "scopes": p.scopes.to_string() }))
         .into_response();
         if let Some(d) = &decision {
             rate_headers(&mut resp, d);
         }
-        return audited(&access, principal.as_deref(), &at, resp).await;
+        return Err(audited(access, principal.as_deref(), &at, resp).await);
     }
+    Ok(Admitted {
+        principal,
+        decision,
+        rule,
+        at,
+    })
+}
 
-    req.extensions_mut().insert(Caller(principal.clone()));
-    let mut resp = next.run(req).await;
+/// Adds the rate limit headers to an admitted request's answer and
+/// audits it when it changed something or was refused.
+pub(crate) async fn finish(access: &Access, admitted: Admitted, mut resp: Response) -> Response {
+    let Admitted {
+        principal,
+        decision,
+        rule,
+        at,
+    } = admitted;
     if let Some(d) = &decision {
         rate_headers(&mut resp, d);
     }
     let status = resp.status();
-    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let data_plane = access
-        .data_plane
-        .contains(&(method.clone(), route.as_str()));
-    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    let mutating = !matches!(at.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let data_plane = at.route.starts_with("/gw/")
+        || at.route.starts_with("route:")
+        || access
+            .data_plane
+            .contains(&(at.method.clone(), at.route.as_str()));
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        && !at.route.starts_with("/gw/")
+        && !at.route.starts_with("route:");
     if refused {
         access.metrics.access_denied();
     }
     if status == StatusCode::UNAUTHORIZED && rule == Rule::Public {
         // A public route that authenticates by itself (the token
-        // endpoint) refused a client: count it like a refused token.
+        // endpoint, an inbound hook) refused a client: count it like a
+        // refused token.
         let reason = resp
             .extensions()
             .get::<ErrorCode>()
             .map_or("invalid", |c| c.0);
         note_failure(
-            &access,
-            ip,
+            access,
+            at.ip,
             &AuthFailure {
                 reason: if reason == "INVALID_CLIENT" {
                     "invalid_client"
@@ -536,7 +634,7 @@ pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: 
         );
     }
     if refused || (mutating && (!data_plane || access.audit_data_plane)) {
-        record(&access, entry(principal.as_deref(), &at, &resp)).await;
+        record(access, entry(principal.as_deref(), &at, &resp)).await;
     }
     resp
 }

@@ -214,6 +214,50 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ErrorCode(pub(crate) &'static str);
 
+impl From<switchboard_gateway::GatewayError> for ApiError {
+    fn from(e: switchboard_gateway::GatewayError) -> Self {
+        use switchboard_gateway::GatewayError as E;
+        let message = e.to_string();
+        match e {
+            E::Invalid(fields) => Self::validation(fields),
+            E::NoService(name) => Self::new(
+                StatusCode::NOT_FOUND,
+                "SERVICE_NOT_FOUND",
+                format!("no service {name}: no agent of that type is registered and no service of that name is configured"),
+            )
+            .with_details(json!({ "service": name })),
+            E::NotFound { kind, name } => {
+                let code = match kind {
+                    "route" => "ROUTE_NOT_FOUND",
+                    "webhook" => "WEBHOOK_NOT_FOUND",
+                    "hook" => "HOOK_NOT_FOUND",
+                    _ => "SERVICE_NOT_FOUND",
+                };
+                Self::new(StatusCode::NOT_FOUND, code, message).with_details(json!({ kind: name }))
+            }
+            E::Unavailable { service, why } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "AGENT_UNAVAILABLE",
+                message,
+            )
+            .with_details(json!({ "service": service, "reason": why }))
+            .with_retry_after(1),
+            E::Timeout {
+                kind,
+                limit,
+                instance,
+            } => Self::new(StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT", message).with_details(
+                json!({ "timeout": kind, "limit_ms": u64::try_from(limit.as_millis()).unwrap_or(u64::MAX), "instance": instance }),
+            ),
+            E::Upstream { instance, .. } => Self::new(StatusCode::BAD_GATEWAY, "BAD_GATEWAY", message)
+                .with_details(json!({ "instance": instance })),
+            E::BadRequest(why) => Self::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", why),
+            E::Unverified(why) => Self::new(StatusCode::UNAUTHORIZED, "HOOK_SIGNATURE_INVALID", why),
+            E::Storage(s) => s.into(),
+        }
+    }
+}
+
 impl From<switchboard_core::StorageError> for ApiError {
     fn from(e: switchboard_core::StorageError) -> Self {
         switchboard_auth::AuthError::Storage(e).into()

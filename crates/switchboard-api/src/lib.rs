@@ -38,7 +38,9 @@ pub use context::CORRELATION_ID;
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks};
 
-use routes::{agents, audit, auth, events, groups, messages, system, tasks, workflows, ws};
+use routes::{
+    agents, audit, auth, events, gateway, groups, messages, system, tasks, webhooks, workflows, ws,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,12 +58,20 @@ use routes::{agents, audit, auth, events, groups, messages, system, tasks, workf
         (name = "workflows", description = "Workflows: DAGs of stages with failure strategies and compensation"),
         (name = "auth", description = "Tokens, API keys, signing keys, revocation"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "gateway", description = "The reverse proxy to agents: services, routes, topology"),
+        (name = "webhooks", description = "Signed webhooks out, verified hooks in"),
         (name = "system", description = "Health, readiness, metrics, this document"),
     ),
     components(schemas(switchboard_wire::Problem)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
+
+/// The gateway's proxy routes: documented once (`/gw/{service}/{path}`,
+/// every method), served under two templates by [`router`].
+#[derive(OpenApi)]
+#[openapi(paths(gateway::proxy_doc))]
+struct GatewayDoc;
 
 /// Declares the `bearer` scheme each route's `security` refers to.
 struct BearerScheme;
@@ -80,7 +90,29 @@ impl utoipa::Modify for BearerScheme {
 }
 
 fn route_table() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    let mut gateway_doc = GatewayDoc::openapi();
+    // One handler serves every method: name each operation by its method.
+    for item in gateway_doc.paths.paths.values_mut() {
+        for (method, op) in [
+            ("get", &mut item.get),
+            ("post", &mut item.post),
+            ("put", &mut item.put),
+            ("patch", &mut item.patch),
+            ("delete", &mut item.delete),
+            ("head", &mut item.head),
+            ("options", &mut item.options),
+        ] {
+            if let Some(op) = op {
+                op.operation_id = Some(format!("gateway_proxy_{method}"));
+            }
+        }
+    }
+    doc.merge(gateway_doc);
+    OpenApiRouter::with_openapi(doc)
+        .route("/gw/{service}", axum::routing::any(gateway::proxy))
+        .route("/gw/{service}/", axum::routing::any(gateway::proxy))
+        .route("/gw/{service}/{*path}", axum::routing::any(gateway::proxy))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::prometheus))
@@ -105,6 +137,24 @@ fn route_table() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::rotate_key))
         .routes(routes!(audit::list_audit))
         .routes(routes!(audit::verify_audit))
+        .routes(routes!(gateway::list_services))
+        .routes(routes!(
+            gateway::get_service,
+            gateway::put_service,
+            gateway::delete_service
+        ))
+        .routes(routes!(gateway::list_routes))
+        .routes(routes!(gateway::put_route, gateway::delete_route))
+        .routes(routes!(gateway::topology))
+        .routes(routes!(webhooks::list_webhooks))
+        .routes(routes!(webhooks::put_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::list_hooks))
+        .routes(routes!(
+            webhooks::put_hook,
+            webhooks::delete_hook,
+            webhooks::receive_hook
+        ))
         .routes(routes!(events::publish, events::read))
         .routes(routes!(events::stream))
         .routes(routes!(groups::list_groups))
@@ -133,6 +183,12 @@ fn route_table() -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::get_workflow))
         .routes(routes!(workflows::cancel_workflow))
         .routes(routes!(ws::upgrade))
+}
+
+/// An event as the API writes it (CloudEvents JSON, rendered once per
+/// event); webhooks post the same.
+pub fn render_event(e: &switchboard_bus::Event) -> Arc<str> {
+    convert::cloud_event_json(e)
 }
 
 /// The OpenAPI 3.1 document of every route [`router`] serves.
@@ -185,16 +241,23 @@ pub fn router(state: AppState) -> Router {
         policies,
         config.audit_data_plane,
     );
+    let fallback = {
+        let (access, gateway, limit) =
+            (access.clone(), state.gateway.clone(), config.max_body_bytes);
+        move |req: axum::extract::Request| {
+            gateway::fallback(access.clone(), gateway.clone(), limit, req)
+        }
+    };
     let router = routes
         .route_layer(axum::middleware::from_fn_with_state(access, access::guard))
         .layer(Extension(OpenApiJson(doc.into())))
-        .fallback(not_found)
+        .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     middleware::stack(router, metrics, &config)
 }
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",

@@ -4,10 +4,12 @@ pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod events;
+pub(crate) mod gateway;
 pub(crate) mod groups;
 pub(crate) mod messages;
 pub(crate) mod system;
 pub(crate) mod tasks;
+pub(crate) mod webhooks;
 pub(crate) mod workflows;
 pub(crate) mod ws;
 

@@ -8,6 +8,7 @@ use switchboard_auth::Auth;
 use switchboard_bus::Bus;
 use switchboard_bus::groups::Groups;
 use switchboard_core::Readiness;
+use switchboard_gateway::Gateway;
 use switchboard_registry::Registry;
 use switchboard_tasks::Tasks;
 use switchboard_telemetry::Metrics;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub tasks: Tasks,
     /// Identity, access and audit.
     pub auth: Auth,
+    /// The reverse proxy and webhooks.
+    pub gateway: Gateway,
     /// The metrics.
     pub metrics: Metrics,
     /// Readiness checks.

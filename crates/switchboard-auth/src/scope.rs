@@ -30,13 +30,19 @@ pub enum Scope {
     EventsManage,
     /// Read metrics.
     MetricsRead,
+    /// Call agents through the gateway.
+    GatewayInvoke,
+    /// Read the gateway's services, routes, topology and webhooks.
+    GatewayRead,
+    /// Configure the gateway's services, routes, webhooks and hooks.
+    GatewayManage,
     /// Manage credentials, keys and the audit log.
     Admin,
 }
 
 impl Scope {
     /// Every scope, in a fixed order.
-    pub const ALL: [Scope; 11] = [
+    pub const ALL: [Scope; 14] = [
         Scope::AgentsRead,
         Scope::AgentsWrite,
         Scope::TasksRead,
@@ -47,6 +53,9 @@ impl Scope {
         Scope::EventsSubscribe,
         Scope::EventsManage,
         Scope::MetricsRead,
+        Scope::GatewayInvoke,
+        Scope::GatewayRead,
+        Scope::GatewayManage,
         Scope::Admin,
     ];
 
@@ -63,6 +72,9 @@ impl Scope {
             Scope::EventsSubscribe => "events:subscribe",
             Scope::EventsManage => "events:manage",
             Scope::MetricsRead => "metrics:read",
+            Scope::GatewayInvoke => "gateway:invoke",
+            Scope::GatewayRead => "gateway:read",
+            Scope::GatewayManage => "gateway:manage",
             Scope::Admin => "admin",
         }
     }
@@ -229,6 +241,9 @@ impl Role {
                 EventsSubscribe,
                 EventsManage,
                 MetricsRead,
+                GatewayInvoke,
+                GatewayRead,
+                GatewayManage,
             ]
             .into_iter()
             .collect(),
@@ -240,6 +255,7 @@ impl Role {
                 WorkflowsRead,
                 EventsPublish,
                 EventsSubscribe,
+                GatewayInvoke,
             ]
             .into_iter()
             .collect(),
@@ -249,6 +265,7 @@ impl Role {
                 WorkflowsRead,
                 EventsSubscribe,
                 MetricsRead,
+                GatewayRead,
             ]
             .into_iter()
             .collect(),

@@ -113,6 +113,21 @@ impl Hub {
         )
         .await
         .map_err(|e| ServerError::Auth(e.to_string()))?;
+        let metrics = Metrics::new();
+        let gateway = switchboard_gateway::Gateway::open(
+            switchboard_gateway::GatewayConfig::default(),
+            switchboard_gateway::Deps {
+                registry: registry.clone(),
+                bus: bus.clone(),
+                groups: groups.clone(),
+                store: Arc::new(store.clone()),
+                metrics: metrics.clone(),
+                render: Arc::new(switchboard_api::render_event),
+            },
+            shutdown.child_token(),
+        )
+        .await
+        .map_err(|e| ServerError::Registry(format!("gateway: {e}")))?;
         if !config.auth.enabled {
             tracing::warn!(
                 "authentication is OFF: every request runs as an admin (auth.enabled = false)"
@@ -120,12 +135,13 @@ impl Hub {
         }
         let state = AppState {
             auth: opened.auth,
+            gateway,
             tasks,
             shutdown,
             registry,
             bus,
             groups,
-            metrics: Metrics::new(),
+            metrics,
             checks: Checks::new(vec![Arc::new(store.clone())]),
             config: config.http.clone(),
         };
@@ -171,6 +187,19 @@ impl Hub {
                 .clone()
                 .run_housekeeping(token.child_token()),
         );
+        tracker.spawn(
+            self.state
+                .gateway
+                .clone()
+                .run_discovery(token.child_token()),
+        );
+        tracker.spawn(
+            self.state
+                .gateway
+                .clone()
+                .run_health_checks(token.child_token()),
+        );
+        self.state.gateway.start_webhooks();
         // The audit writer drains what is queued after the server stops,
         // so it ends with the other workers.
         let audit = tokio::spawn(self.audit_writer.run());
@@ -221,6 +250,8 @@ impl Hub {
         {
             let groups = self.state.groups.clone();
             tracker.spawn(async move { groups.closed().await });
+            let gateway = self.state.gateway.clone();
+            tracker.spawn(async move { gateway.closed().await });
         }
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(

@@ -208,7 +208,7 @@ impl Listener for PlainListener {
                     if let Err(error) = tcp.set_nodelay(true) {
                         tracing::debug!(%error, "could not set TCP_NODELAY");
                     }
-                    return (tcp, ClientAddr::new(addr, None));
+                    return (tcp, ClientAddr::plain(addr));
                 }
                 Err(error) => accept_failed(error).await,
             }
@@ -216,7 +216,7 @@ impl Listener for PlainListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ClientAddr::new(self.0.local_addr()?, None))
+        Ok(ClientAddr::plain(self.0.local_addr()?))
     }
 }
 
@@ -271,7 +271,7 @@ impl TlsListener {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let identity = client_identity(&tls);
-                            let _ = tx.send((tls, ClientAddr::new(addr, identity))).await;
+                            let _ = tx.send((tls, ClientAddr::tls(addr, identity))).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%addr, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
@@ -305,6 +305,6 @@ impl Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ClientAddr::new(self.local, None))
+        Ok(ClientAddr::tls(self.local, None))
     }
 }

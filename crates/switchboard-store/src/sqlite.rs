@@ -23,6 +23,7 @@ mod agents;
 mod auth;
 mod batch;
 mod events;
+mod gateway;
 mod groups;
 mod retention;
 mod schedule;

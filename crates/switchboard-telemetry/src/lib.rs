@@ -43,6 +43,48 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceStatus {
+    service: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabel {
+    service: String,
+    instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    service: String,
+    instance: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabel {
+    webhook: String,
+    outcome: &'static str,
+}
+
+/// The gateway's families.
+struct Gateway {
+    requests: Family<ServiceStatus, Counter>,
+    duration: Family<ServiceLabel, Histogram, fn() -> Histogram>,
+    upstream: Family<UpstreamLabel, Counter>,
+    retries: Family<ServiceLabel, Counter>,
+    breaker: Family<InstanceLabel, Gauge>,
+    ejections: Family<InstanceLabel, Counter>,
+    healthy: Family<InstanceLabel, Gauge>,
+    webhooks: Family<WebhookLabel, Counter>,
+}
+
 /// The hub's metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -58,6 +100,7 @@ struct Inner {
     access_denied: Counter,
     rate_limited: Counter,
     audit_failures: Counter,
+    gateway: Gateway,
     started: Instant,
     requests_total: AtomicU64,
     server_errors_total: AtomicU64,
@@ -122,8 +165,59 @@ impl Metrics {
             "Audit records that could not be stored",
             audit_failures.clone(),
         );
+        let gateway = Gateway {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            upstream: Family::default(),
+            retries: Family::default(),
+            breaker: Family::default(),
+            ejections: Family::default(),
+            healthy: Family::default(),
+            webhooks: Family::default(),
+        };
+        registry.register(
+            "gateway_requests",
+            "Requests through the gateway, by service and the status answered",
+            gateway.requests.clone(),
+        );
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Time to answer requests through the gateway, retries included, by service",
+            gateway.duration.clone(),
+        );
+        registry.register(
+            "gateway_upstream_requests",
+            "Attempts sent to instances, by service, instance and upstream status (or error, timeout)",
+            gateway.upstream.clone(),
+        );
+        registry.register(
+            "gateway_retries",
+            "Attempts made again, by service",
+            gateway.retries.clone(),
+        );
+        registry.register(
+            "gateway_breaker_state",
+            "Circuit breaker state by instance: 0 closed, 1 half-open, 2 open",
+            gateway.breaker.clone(),
+        );
+        registry.register(
+            "gateway_ejections",
+            "Instances ejected by outlier detection",
+            gateway.ejections.clone(),
+        );
+        registry.register(
+            "gateway_instance_healthy",
+            "Whether active health checks pass, by instance (1 or 0)",
+            gateway.healthy.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Outbound webhook delivery attempts, by webhook and outcome",
+            gateway.webhooks.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                gateway,
                 registry,
                 http_requests,
                 http_duration,
@@ -189,6 +283,99 @@ impl Metrics {
     /// Counts an audit record that could not be stored.
     pub fn audit_failure(&self) {
         self.inner.audit_failures.inc();
+    }
+
+    /// Counts a request through the gateway.
+    pub fn gateway_request(&self, service: &str, status: &str, elapsed: Duration) {
+        let g = &self.inner.gateway;
+        g.requests
+            .get_or_create(&ServiceStatus {
+                service: service.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+        g.duration
+            .get_or_create(&ServiceLabel {
+                service: service.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an attempt sent to an instance.
+    pub fn gateway_upstream(&self, service: &str, instance: &str, status: &str) {
+        self.inner
+            .gateway
+            .upstream
+            .get_or_create(&UpstreamLabel {
+                service: service.to_owned(),
+                instance: instance.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a retry.
+    pub fn gateway_retry(&self, service: &str) {
+        self.inner
+            .gateway
+            .retries
+            .get_or_create(&ServiceLabel {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets an instance's breaker state (`closed`, `half_open`, `open`).
+    pub fn gateway_breaker(&self, service: &str, instance: &str, state: &str) {
+        let v = match state {
+            "open" => 2,
+            "half_open" => 1,
+            _ => 0,
+        };
+        self.inner
+            .gateway
+            .breaker
+            .get_or_create(&InstanceLabel {
+                service: service.to_owned(),
+                instance: instance.to_owned(),
+            })
+            .set(v);
+    }
+
+    /// Counts an ejection.
+    pub fn gateway_ejection(&self, service: &str, instance: &str) {
+        self.inner
+            .gateway
+            .ejections
+            .get_or_create(&InstanceLabel {
+                service: service.to_owned(),
+                instance: instance.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets whether an instance passes its health checks.
+    pub fn gateway_health(&self, service: &str, instance: &str, healthy: bool) {
+        self.inner
+            .gateway
+            .healthy
+            .get_or_create(&InstanceLabel {
+                service: service.to_owned(),
+                instance: instance.to_owned(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    /// Counts a webhook delivery attempt.
+    pub fn webhook_delivery(&self, webhook: &str, ok: bool) {
+        self.inner
+            .gateway
+            .webhooks
+            .get_or_create(&WebhookLabel {
+                webhook: webhook.to_owned(),
+                outcome: if ok { "delivered" } else { "failed" },
+            })
+            .inc();
     }
 
     /// The registry in the OpenMetrics text format.

@@ -6,6 +6,7 @@
 //! - [`agents`]: registration, heartbeat and listing bodies.
 //! - [`auth`]: credentials, tokens, API keys, signing keys, the audit log.
 //! - [`events`]: CloudEvents as published and as read from the log.
+//! - [`gateway`]: services, routes, topology, webhooks and hooks.
 //! - [`groups`]: consumer groups, deliveries, acknowledgements, dead letters.
 //! - [`messages`]: direct messages and request-response.
 //! - [`problem`]: the `application/problem+json` error body.
@@ -19,6 +20,7 @@
 pub mod agents;
 pub mod auth;
 pub mod events;
+pub mod gateway;
 pub mod groups;
 pub mod messages;
 pub mod problem;
@@ -29,6 +31,7 @@ pub mod workflows;
 pub use agents::*;
 pub use auth::*;
 pub use events::*;
+pub use gateway::*;
 pub use groups::*;
 pub use messages::*;
 pub use problem::*;
