@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod errors;
 mod events;
+mod gateway;
 mod groups;
 mod liveness;
 mod messages;
@@ -17,6 +18,8 @@ mod system;
 mod tasks;
 mod tasks_crash;
 mod tls;
+mod upstream;
+mod webhooks;
 mod workflows;
 mod ws;
 
