@@ -137,7 +137,19 @@ const QUERY_TOKEN_ROUTES: &[&str] = &["/ws", "/api/v1/events/stream"];
 
 /// What the access layer needs.
 #[derive(Clone)]
-pub(crate) struct Access {
+pub(crate) struct Access(Arc<AccessInner>);
+
+impl std::ops::Deref for Access {
+    type Target = AccessInner;
+
+    fn deref(&self) -> &AccessInner {
+        &self.0
+    }
+}
+
+/// What [`Access`] holds; one `Arc`, as the middleware takes a copy per
+/// request.
+pub(crate) struct AccessInner {
     pub(crate) auth: Auth,
     pub(crate) bus: Bus,
     pub(crate) metrics: Metrics,
@@ -158,14 +170,14 @@ impl Access {
             .iter()
             .filter_map(|(m, p)| Method::from_str(m).ok().map(|m| (m, *p)))
             .collect();
-        Self {
+        Self(Arc::new(AccessInner {
             auth,
             bus,
             metrics,
             policies: Arc::new(policies),
             audit_data_plane,
             data_plane: Arc::new(data_plane),
-        }
+        }))
     }
 }
 
@@ -400,13 +412,11 @@ fn rate_headers(resp: &mut Response, d: &Decision) {
 /// find the rule, authenticate, count against the rate limit, authorize,
 /// run the handler, add the rate limit headers, audit.
 pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: Next) -> Response {
-    // The gateway's three templates (`/gw/{service}`, with `/`, with
-    // `/{*path}`) are documented as one.
-    let route = match req.extensions().get::<MatchedPath>() {
-        Some(m) if m.as_str().starts_with("/gw/{service}") => "/gw/{service}/{path}".to_owned(),
-        Some(m) => m.as_str().to_owned(),
-        None => String::new(),
-    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
     let rule = access.policies.get(req.method(), &route);
     let admitted = match admit(&access, &Head::of(&req), route, rule).await {
         Ok(a) => a,
@@ -427,29 +437,29 @@ pub(crate) struct Admitted {
     at: Where,
 }
 
-/// What access control reads of a request (a request's body may not be
-/// shared across threads; this can).
-pub(crate) struct Head {
-    method: Method,
-    headers: HeaderMap,
-    query: Option<String>,
+/// What access control reads of a request: borrowed from it, and never
+/// the body (which may not be shared across threads).
+pub(crate) struct Head<'r> {
+    method: &'r Method,
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
     ip: IpAddr,
     certificate: Option<Arc<str>>,
-    path: String,
-    correlation: String,
+    path: Arc<str>,
+    correlation: Arc<str>,
 }
 
-impl Head {
-    pub(crate) fn of(req: &Request) -> Self {
+impl<'r> Head<'r> {
+    pub(crate) fn of(req: &'r Request) -> Self {
         let (ip, certificate) = peer(req);
         let (path, correlation) = match req.extensions().get::<RequestContext>() {
-            Some(c) => (c.path.to_string(), c.correlation_id.to_string()),
-            None => (req.uri().path().to_owned(), String::new()),
+            Some(c) => (c.path.clone(), c.correlation_id.clone()),
+            None => (Arc::from(req.uri().path()), Arc::from("")),
         };
         Self {
-            method: req.method().clone(),
-            headers: req.headers().clone(),
-            query: req.uri().query().map(str::to_owned),
+            method: req.method(),
+            headers: req.headers(),
+            query: req.uri().query(),
             ip,
             certificate,
             path,
@@ -463,7 +473,7 @@ impl Head {
 /// answer to send, already audited.
 pub(crate) async fn admit(
     access: &Access,
-    head: &Head,
+    head: &Head<'_>,
     route: String,
     rule: Option<Rule>,
 ) -> Result<Admitted, Response> {
@@ -490,7 +500,7 @@ pub(crate) async fn admit(
     } else if rule == Rule::Public {
         None
     } else {
-        let given = credential(&head.headers, head.query.as_deref(), &at.route);
+        let given = credential(head.headers, head.query, &at.route);
         let refused = match (given, &certificate) {
             (None, None) => Err(AuthFailure {
                 reason: "missing",
@@ -644,8 +654,8 @@ struct Where {
     ip: IpAddr,
     method: Method,
     route: String,
-    path: String,
-    correlation: String,
+    path: Arc<str>,
+    correlation: Arc<str>,
 }
 
 fn failure_code(f: &AuthFailure) -> &'static str {
@@ -689,14 +699,14 @@ fn entry(principal: Option<&Principal>, at: &Where, resp: &Response) -> AuditEnt
             .map_or("anonymous", |p| p.kind.as_str())
             .to_owned(),
         action: format!("{} {}", at.method, at.route),
-        resource: at.path.clone(),
+        resource: at.path.to_string(),
         outcome: resp.status().as_u16(),
         reason: resp
             .extensions()
             .get::<ErrorCode>()
             .map_or_else(String::new, |c| c.0.to_owned()),
         source: at.ip.to_string(),
-        correlation_id: at.correlation.clone(),
+        correlation_id: at.correlation.to_string(),
     }
 }
 

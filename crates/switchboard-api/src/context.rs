@@ -50,6 +50,26 @@ fn correlation_id(headers: &HeaderMap) -> Arc<str> {
         .map_or_else(|| uuid::Uuid::now_v7().to_string().into(), Arc::from)
 }
 
+/// Runs `f` with the context of `req` (made as [`layer`] makes it) and
+/// echoes the correlation id on its answer.
+pub(crate) async fn scoped<F, Fut>(mut req: Request, f: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let ctx = RequestContext {
+        correlation_id: correlation_id(req.headers()),
+        path: Arc::from(req.uri().path()),
+    };
+    req.extensions_mut().insert(ctx.clone());
+    let id = ctx.correlation_id.clone();
+    let mut resp = CONTEXT.scope(ctx, f(req)).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(CORRELATION_ID, v);
+    }
+    resp
+}
+
 /// The middleware: sets the context for the request and echoes the id.
 pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
     let ctx = RequestContext {

@@ -36,7 +36,7 @@ mod state;
 pub use access::ClientAddr;
 pub use context::CORRELATION_ID;
 pub use error::ApiError;
-pub use state::{ApiConfig, AppState, Checks};
+pub use state::{ApiConfig, AppState, Checks, Handles};
 
 use routes::{
     agents, audit, auth, events, gateway, groups, messages, system, tasks, webhooks, workflows, ws,
@@ -68,7 +68,7 @@ use routes::{
 struct ApiDoc;
 
 /// The gateway's proxy routes: documented once (`/gw/{service}/{path}`,
-/// every method), served under two templates by [`router`].
+/// every method), served by the outermost layer (`gateway::fast_path`).
 #[derive(OpenApi)]
 #[openapi(paths(gateway::proxy_doc))]
 struct GatewayDoc;
@@ -110,9 +110,6 @@ fn route_table() -> OpenApiRouter<AppState> {
     }
     doc.merge(gateway_doc);
     OpenApiRouter::with_openapi(doc)
-        .route("/gw/{service}", axum::routing::any(gateway::proxy))
-        .route("/gw/{service}/", axum::routing::any(gateway::proxy))
-        .route("/gw/{service}/{*path}", axum::routing::any(gateway::proxy))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::prometheus))
@@ -241,6 +238,7 @@ pub fn router(state: AppState) -> Router {
         policies,
         config.audit_data_plane,
     );
+    let (fast_access, fast_gateway) = (access.clone(), state.gateway.clone());
     let fallback = {
         let (access, gateway, limit) =
             (access.clone(), state.gateway.clone(), config.max_body_bytes);
@@ -254,7 +252,12 @@ pub fn router(state: AppState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
-    middleware::stack(router, metrics, &config)
+    let router = middleware::stack(router, metrics, &config);
+    // Outermost, so that proxied requests skip what only the API needs.
+    router.layer(axum::middleware::from_fn_with_state(
+        (fast_access, fast_gateway),
+        gateway::fast_path,
+    ))
 }
 
 pub(crate) async fn not_found() -> ApiError {

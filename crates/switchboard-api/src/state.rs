@@ -56,8 +56,15 @@ impl Checks {
 }
 
 /// Everything the routes need; each handler extracts only its part.
-#[derive(Clone, FromRef)]
-pub struct AppState {
+///
+/// A request takes a copy of the state, so it is one `Arc`: one reference
+/// count per request instead of one per handle (the cancellation token's
+/// takes a lock).
+#[derive(Clone)]
+pub struct AppState(Arc<Handles>);
+
+/// The handles in an [`AppState`].
+pub struct Handles {
     /// The agent registry.
     pub registry: Registry,
     /// The event bus.
@@ -75,9 +82,43 @@ pub struct AppState {
     /// Readiness checks.
     pub checks: Checks,
     /// HTTP settings.
-    #[from_ref(skip)]
     pub config: ApiConfig,
     /// Cancelled when the hub shuts down; long-lived connections watch it.
-    #[from_ref(skip)]
     pub shutdown: CancellationToken,
 }
+
+impl AppState {
+    /// The state made of these handles.
+    pub fn new(handles: Handles) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+macro_rules! from_state {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        $(impl FromRef<AppState> for $ty {
+            fn from_ref(s: &AppState) -> Self {
+                s.0.$field.clone()
+            }
+        })*
+    };
+}
+
+from_state!(
+    registry: Registry,
+    bus: Bus,
+    groups: Groups,
+    tasks: Tasks,
+    auth: Auth,
+    gateway: Gateway,
+    metrics: Metrics,
+    checks: Checks,
+);

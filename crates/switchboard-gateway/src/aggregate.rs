@@ -160,7 +160,13 @@ impl Gateway {
         let resp = match state.client.request(req).await {
             Ok(r) => r,
             Err(e) => {
-                self.record_outcome(state, inst, permit, true, "error");
+                self.record_outcome(
+                    state,
+                    inst,
+                    permit,
+                    true,
+                    switchboard_telemetry::Outcome::Error,
+                );
                 return Err(e.to_string());
             }
         };
@@ -170,7 +176,7 @@ impl Gateway {
             inst,
             permit,
             status.is_server_error(),
-            status.as_str(),
+            switchboard_telemetry::Outcome::Status(status.as_u16()),
         );
         let content_type = resp
             .headers()

@@ -70,6 +70,7 @@ impl Gateway {
                         ServiceSpec::implicit(t),
                         false,
                         &self.0.config,
+                        &self.0.metrics,
                     )),
                 );
             }

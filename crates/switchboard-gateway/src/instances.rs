@@ -90,6 +90,8 @@ pub struct Instance {
     breaker: Breaker,
     health: Mutex<Health>,
     outlier: Mutex<Outlier>,
+    /// Its attempt counters, resolved on first use.
+    pub(crate) counters: std::sync::OnceLock<switchboard_telemetry::GatewayCounters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +150,7 @@ impl Instance {
                 last_error: None,
             }),
             outlier: Mutex::new(Outlier::default()),
+            counters: std::sync::OnceLock::new(),
         }
     }
 

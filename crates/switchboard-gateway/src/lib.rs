@@ -161,12 +161,15 @@ pub(crate) struct ServiceState {
     pub(crate) balancer: Balancer,
     pub(crate) budget: RetryBudget,
     pub(crate) client: proxy::Upstream,
+    /// Its request counters, resolved once.
+    pub(crate) counters: switchboard_telemetry::GatewayCounters,
 }
 
 impl ServiceState {
-    fn new(spec: ServiceSpec, configured: bool, config: &GatewayConfig) -> Self {
+    fn new(spec: ServiceSpec, configured: bool, config: &GatewayConfig, metrics: &Metrics) -> Self {
         let client = proxy::Upstream::new(&spec, config);
         Self {
+            counters: metrics.gateway_service(&spec.name),
             spec,
             configured,
             instances: RwLock::new(Arc::new(Vec::new())),
@@ -265,7 +268,7 @@ impl Gateway {
                     let spec: ServiceSpec = serde_json::from_str(&doc).map_err(bad)?;
                     services.insert(
                         spec.name.clone(),
-                        Arc::new(ServiceState::new(spec, true, &config)),
+                        Arc::new(ServiceState::new(spec, true, &config, &metrics)),
                     );
                 }
                 ROUTE => routes.push(serde_json::from_str::<RouteSpec>(&doc).map_err(bad)?),
@@ -358,7 +361,12 @@ impl Gateway {
         let doc =
             serde_json::to_string(&spec).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         self.0.store.put_gateway(SERVICE, &spec.name, &doc).await?;
-        let state = Arc::new(ServiceState::new(spec.clone(), true, &self.0.config));
+        let state = Arc::new(ServiceState::new(
+            spec.clone(),
+            true,
+            &self.0.config,
+            &self.0.metrics,
+        ));
         self.0
             .services
             .write()

@@ -32,6 +32,7 @@ use crate::instances::{InFlight, Instance, serves};
 use crate::retry::idempotent;
 use crate::service::{Protocol, ServiceSpec};
 use crate::{BoxError, Gateway, GatewayConfig, GatewayError, ProxyBody, ServiceState};
+use switchboard_telemetry::Outcome;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -196,10 +197,18 @@ const X_SPAN_ID: HeaderName = HeaderName::from_static("x-span-id");
 
 /// Random lower-case hex of `n` bytes, never all zeros (W3C trace context).
 fn random_hex(n: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     loop {
-        let bytes: Vec<u8> = (0..n).map(|_| fastrand::u8(..)).collect();
-        if bytes.iter().any(|b| *b != 0) {
-            return bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut out = String::with_capacity(n * 2);
+        let mut zero = true;
+        for _ in 0..n {
+            let b = fastrand::u8(..);
+            zero &= b == 0;
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        if !zero {
+            return out;
         }
     }
 }
@@ -323,6 +332,9 @@ pub(crate) async fn keep_small(
     body: ProxyBody,
     limit: usize,
 ) -> Result<Result<Bytes, ProxyBody>, GatewayError> {
+    if body.is_end_stream() {
+        return Ok(Ok(Bytes::new()));
+    }
     let hint = body.size_hint();
     if hint.upper().is_some_and(|u| u <= limit as u64) {
         let collected = body.collect().await.map_err(|e| {
@@ -408,15 +420,13 @@ impl Gateway {
         } else {
             self.forward(&state, parts, body, ctx).await
         };
-        let status = match &result {
-            Ok(r) => r.status().as_u16().to_string(),
-            Err(GatewayError::Timeout { .. }) => "504".into(),
-            Err(GatewayError::Unavailable { .. }) => "503".into(),
-            Err(_) => "502".into(),
+        let outcome = match &result {
+            Ok(r) => Outcome::Status(r.status().as_u16()),
+            Err(GatewayError::Timeout { .. }) => Outcome::Timeout,
+            Err(GatewayError::Unavailable { .. }) => Outcome::Status(503),
+            Err(_) => Outcome::Error,
         };
-        self.0
-            .metrics
-            .gateway_request(&state.spec.name, &status, started.elapsed());
+        state.counters.count(outcome, started.elapsed());
         result
     }
 
@@ -432,27 +442,33 @@ impl Gateway {
         if all.is_empty() {
             return Err("no agent of this service has a usable endpoint".into());
         }
-        let live: Vec<Arc<Instance>> = all
-            .iter()
-            .filter(|i| {
-                self.0
-                    .registry
-                    .presence(&i.agent_id)
-                    .is_some_and(|p| serves(p.status))
-            })
-            .cloned()
-            .collect();
-        if live.is_empty() {
+        // One pass: live in the registry, then usable (healthy, not
+        // ejected, breaker permitting); counted to say why when none is.
+        let mut live = 0;
+        let mut usable: Vec<Arc<Instance>> = Vec::with_capacity(all.len());
+        for i in all.iter() {
+            if !self
+                .0
+                .registry
+                .presence(&i.agent_id)
+                .is_some_and(|p| serves(p.status))
+            {
+                continue;
+            }
+            live += 1;
+            if i.usable(now) {
+                usable.push(i.clone());
+            }
+        }
+        if live == 0 {
             return Err(format!(
                 "none of its {} agents is live (stale, offline, draining or removed)",
                 all.len()
             ));
         }
-        let usable: Vec<Arc<Instance>> = live.iter().filter(|i| i.usable(now)).cloned().collect();
         if usable.is_empty() {
             return Err(format!(
-                "all {} live instances are unhealthy, ejected or have an open breaker",
-                live.len()
+                "all {live} live instances are unhealthy, ejected or have an open breaker"
             ));
         }
         let mut pool = usable;
@@ -547,7 +563,7 @@ impl Gateway {
     async fn forward(
         &self,
         state: &Arc<ServiceState>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: ProxyBody,
         ctx: &CallContext,
     ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -581,7 +597,12 @@ impl Gateway {
                 .version(http::Version::HTTP_11)
                 .body(body)
                 .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-            *up.headers_mut() = parts.headers.clone();
+            // The headers are needed again only if a retry may follow.
+            *up.headers_mut() = if attempt < spec.retry.attempts && payload.replayable() {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             let in_flight = inst.start();
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
@@ -619,7 +640,7 @@ impl Gateway {
                         &inst,
                         permit,
                         failed,
-                        &status.as_u16().to_string(),
+                        Outcome::Status(status.as_u16()),
                         now,
                     );
                     if failed
@@ -661,12 +682,12 @@ impl Gateway {
                             },
                         ),
                     };
-                    let label = if matches!(err, GatewayError::Timeout { .. }) {
-                        "timeout"
+                    let outcome = if matches!(err, GatewayError::Timeout { .. }) {
+                        Outcome::Timeout
                     } else {
-                        "error"
+                        Outcome::Error
                     };
-                    self.record(state, &inst, permit, true, label, now);
+                    self.record(state, &inst, permit, true, outcome, now);
                     let total_ran_out = matches!(err, GatewayError::Timeout { kind: "total", .. });
                     if !total_ran_out
                         && retry_allowed(never_sent)
@@ -689,9 +710,9 @@ impl Gateway {
         inst: &Instance,
         permit: crate::breaker::Permit,
         failed: bool,
-        status: &str,
+        outcome: Outcome,
     ) {
-        self.record(state, inst, permit, failed, status, Instant::now());
+        self.record(state, inst, permit, failed, outcome, Instant::now());
     }
 
     /// Feeds an attempt's outcome to the breaker, outlier detection and
@@ -702,7 +723,7 @@ impl Gateway {
         inst: &Instance,
         permit: crate::breaker::Permit,
         failed: bool,
-        status: &str,
+        outcome: Outcome,
         now: Instant,
     ) {
         if let Some(s) = inst.breaker().record(permit, !failed, now) {
@@ -717,9 +738,13 @@ impl Gateway {
                 .metrics
                 .gateway_ejection(&state.spec.name, &inst.agent_id);
         }
-        self.0
-            .metrics
-            .gateway_upstream(&state.spec.name, &inst.agent_id, status);
+        inst.counters
+            .get_or_init(|| {
+                self.0
+                    .metrics
+                    .gateway_instance(&state.spec.name, &inst.agent_id)
+            })
+            .count(outcome, Duration::ZERO);
     }
 
     fn respond(
@@ -772,14 +797,14 @@ impl Gateway {
         let mut resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                self.record(state, &inst, permit, true, "error", Instant::now());
+                self.record(state, &inst, permit, true, Outcome::Error, Instant::now());
                 return Err(GatewayError::Upstream {
                     instance: inst.agent_id.to_string(),
                     why: error_chain(&e),
                 });
             }
             Err(_) => {
-                self.record(state, &inst, permit, true, "timeout", Instant::now());
+                self.record(state, &inst, permit, true, Outcome::Timeout, Instant::now());
                 return Err(GatewayError::Timeout {
                     kind: "first_byte",
                     limit: spec.timeouts.first_byte,
@@ -793,7 +818,7 @@ impl Gateway {
             &inst,
             permit,
             status.is_server_error(),
-            &status.as_u16().to_string(),
+            Outcome::Status(status.as_u16()),
             Instant::now(),
         );
         if status != StatusCode::SWITCHING_PROTOCOLS {

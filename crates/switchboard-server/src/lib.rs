@@ -133,7 +133,7 @@ impl Hub {
                 "authentication is OFF: every request runs as an admin (auth.enabled = false)"
             );
         }
-        let state = AppState {
+        let state = AppState::new(switchboard_api::Handles {
             auth: opened.auth,
             gateway,
             tasks,
@@ -144,7 +144,7 @@ impl Hub {
             metrics,
             checks: Checks::new(vec![Arc::new(store.clone())]),
             config: config.http.clone(),
-        };
+        });
         Ok(Self {
             config,
             store,

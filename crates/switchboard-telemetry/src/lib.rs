@@ -73,6 +73,43 @@ struct WebhookLabel {
     outcome: &'static str,
 }
 
+/// The status classes gateway counters are kept by.
+const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
+
+/// What a gateway exchange ended with, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An HTTP status.
+    Status(u16),
+    /// No answer: the exchange failed.
+    Error,
+    /// No answer in time.
+    Timeout,
+}
+
+/// Counters by status class (and, for services, a latency histogram),
+/// resolved once.
+#[derive(Clone, Debug)]
+pub struct GatewayCounters {
+    counters: [Counter; 7],
+    duration: Option<Histogram>,
+}
+
+impl GatewayCounters {
+    /// Counts one exchange (and its duration, for a service).
+    pub fn count(&self, outcome: Outcome, elapsed: Duration) {
+        let i = match outcome {
+            Outcome::Status(s) => usize::from((s / 100).clamp(1, 5)) - 1,
+            Outcome::Error => 5,
+            Outcome::Timeout => 6,
+        };
+        self.counters[i].inc();
+        if let Some(h) = &self.duration {
+            h.observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
 /// The gateway's families.
 struct Gateway {
     requests: Family<ServiceStatus, Counter>,
@@ -177,7 +214,7 @@ impl Metrics {
         };
         registry.register(
             "gateway_requests",
-            "Requests through the gateway, by service and the status answered",
+            "Requests through the gateway, by service and the class of the status answered (error, timeout: none)",
             gateway.requests.clone(),
         );
         registry.register(
@@ -187,7 +224,7 @@ impl Metrics {
         );
         registry.register(
             "gateway_upstream_requests",
-            "Attempts sent to instances, by service, instance and upstream status (or error, timeout)",
+            "Attempts sent to instances, by service, instance and upstream status class (or error, timeout)",
             gateway.upstream.clone(),
         );
         registry.register(
@@ -285,33 +322,46 @@ impl Metrics {
         self.inner.audit_failures.inc();
     }
 
-    /// Counts a request through the gateway.
-    pub fn gateway_request(&self, service: &str, status: &str, elapsed: Duration) {
+    /// The request counters and latency histogram of a gateway service,
+    /// to keep and use without a lookup per request.
+    pub fn gateway_service(&self, service: &str) -> GatewayCounters {
         let g = &self.inner.gateway;
-        g.requests
-            .get_or_create(&ServiceStatus {
-                service: service.to_owned(),
-                status: status.to_owned(),
-            })
-            .inc();
-        g.duration
-            .get_or_create(&ServiceLabel {
-                service: service.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        let counters = STATUS_CLASSES.map(|class| {
+            g.requests
+                .get_or_create(&ServiceStatus {
+                    service: service.to_owned(),
+                    status: class.to_owned(),
+                })
+                .clone()
+        });
+        GatewayCounters {
+            counters,
+            duration: Some(
+                g.duration
+                    .get_or_create(&ServiceLabel {
+                        service: service.to_owned(),
+                    })
+                    .clone(),
+            ),
+        }
     }
 
-    /// Counts an attempt sent to an instance.
-    pub fn gateway_upstream(&self, service: &str, instance: &str, status: &str) {
-        self.inner
-            .gateway
-            .upstream
-            .get_or_create(&UpstreamLabel {
-                service: service.to_owned(),
-                instance: instance.to_owned(),
-                status: status.to_owned(),
-            })
-            .inc();
+    /// The counters of attempts sent to one instance, by upstream status
+    /// class, to keep and use without a lookup per request.
+    pub fn gateway_instance(&self, service: &str, instance: &str) -> GatewayCounters {
+        let g = &self.inner.gateway;
+        GatewayCounters {
+            counters: STATUS_CLASSES.map(|class| {
+                g.upstream
+                    .get_or_create(&UpstreamLabel {
+                        service: service.to_owned(),
+                        instance: instance.to_owned(),
+                        status: class.to_owned(),
+                    })
+                    .clone()
+            }),
+            duration: None,
+        }
     }
 
     /// Counts a retry.

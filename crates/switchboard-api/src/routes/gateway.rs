@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use switchboard_core::FieldErrors;
 use switchboard_gateway::{
@@ -59,17 +60,53 @@ fn ms(d: Duration) -> u64 {
 )]
 pub(crate) async fn proxy_doc() {}
 
-/// `ANY /gw/{service}` and `/gw/{service}/{*path}`.
-pub(crate) async fn proxy(State(gateway): State<Gateway>, req: Request) -> Response {
+/// The gateway's fast path, the hub's outermost layer: a request under
+/// `/gw/` is admitted (authenticated, rate-limited, authorized as
+/// `/gw/{service}/{path}` is documented), proxied and answered here,
+/// without the router and the middleware the API's own routes need (they
+/// cost more than the proxying itself). Its correlation id is made and
+/// echoed as for every route; its figures are the gateway's own metrics.
+/// Anything else goes on to the router.
+pub(crate) async fn fast_path(
+    axum::extract::State((access, gateway)): axum::extract::State<(Access, Gateway)>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !req.uri().path().starts_with("/gw/") {
+        return next.run(req).await;
+    }
+    crate::context::scoped(req, |req| async move {
+        const ROUTE: &str = "/gw/{service}/{path}";
+        let rule = access.policies.get(req.method(), ROUTE);
+        let admitted =
+            match access::admit(&access, &access::Head::of(&req), ROUTE.to_owned(), rule).await {
+                Ok(a) => a,
+                Err(resp) => return resp,
+            };
+        let resp = match std::panic::AssertUnwindSafe(proxy_request(&gateway, req))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => ApiError::internal("the gateway panicked while proxying").into_response(),
+        };
+        access::finish(&access, admitted, resp).await
+    })
+    .await
+}
+
+async fn proxy_request(gateway: &Gateway, req: Request) -> Response {
     let path = req.uri().path();
     let rest = path.strip_prefix("/gw/").unwrap_or_default();
     let (service, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let service = service.to_owned();
-    let upstream_path = tail.to_owned();
-    forward(&gateway, &service, upstream_path, None, req).await
+    if service.is_empty() {
+        return crate::not_found().await.into_response();
+    }
+    let (service, tail) = (service.to_owned(), tail.to_owned());
+    forward(gateway, &service, tail, None, req).await
 }
 
 fn context(req: &Request, path: String, route: Option<String>) -> CallContext {

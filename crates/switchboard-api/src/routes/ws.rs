@@ -113,7 +113,14 @@ pub(crate) async fn upgrade(
         .max_message_size(cfg.max_body_bytes)
         .max_frame_size(cfg.max_body_bytes)
         .on_upgrade(move |socket| {
-            connection(socket, state.bus, state.groups, cfg, state.shutdown, caller)
+            connection(
+                socket,
+                state.bus.clone(),
+                state.groups.clone(),
+                cfg,
+                state.shutdown.clone(),
+                caller,
+            )
         })
 }
 
