@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod agents;
 mod auth;
 mod events;
+mod gateway;
 mod groups;
 mod messages;
 mod output;
@@ -75,6 +76,15 @@ enum Command {
     /// Read the audit log and check its hash chain.
     #[command(subcommand)]
     Audit(auth::AuditCommand),
+    /// The gateway's services, routes and topology.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
+    /// Outbound webhooks (signed deliveries of events to URLs).
+    #[command(subcommand)]
+    Webhooks(gateway::WebhooksCommand),
+    /// Inbound hooks (verified webhooks published as events).
+    #[command(subcommand)]
+    Hooks(gateway::HooksCommand),
     /// Register, find and remove agents.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
@@ -147,6 +157,9 @@ fn main() -> ExitCode {
             }
             Command::Auth(cmd) => auth::run(connect()?, json, cmd).await,
             Command::Audit(cmd) => auth::audit(connect()?, json, cmd).await,
+            Command::Gateway(cmd) => gateway::run(connect()?, json, cmd).await,
+            Command::Webhooks(cmd) => gateway::webhooks(connect()?, json, cmd).await,
+            Command::Hooks(cmd) => gateway::hooks(connect()?, json, cmd).await,
             Command::Agents(cmd) => agents::run(connect()?, json, cmd).await,
             Command::Publish(args) => events::publish(connect()?, json, args).await,
             Command::Subscribe(args) => events::subscribe(connect()?, json, args).await,

@@ -24,6 +24,7 @@ use switchboard_wire::{
 use url::Url;
 
 mod auth;
+mod gateway;
 mod tasks;
 
 pub use tasks::{TaskListQuery, WorkflowListQuery};

@@ -494,3 +494,110 @@ async fn tasks_and_a_watched_workflow_from_the_shell() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn the_gateway_webhooks_and_hooks_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let url = hub.url("");
+    let ups = [
+        crate::upstream::Upstream::start("sh-0").await,
+        crate::upstream::Upstream::start("sh-1").await,
+    ];
+    for up in &ups {
+        let o = cli(
+            &url,
+            &[
+                "agents",
+                "register",
+                "--id",
+                &up.id,
+                "--type",
+                "shell",
+                "--endpoint",
+                &up.url(),
+            ],
+        )
+        .await;
+        assert!(o.status.success(), "{o:?}");
+    }
+    let o = cli(
+        &url,
+        &[
+            "gateway",
+            "services",
+            "set",
+            "shell",
+            "--balancing",
+            "weighted",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("service shell configured (weighted)"));
+    let o = cli(
+        &url,
+        &[
+            "gateway",
+            "routes",
+            "set",
+            "sh",
+            "--service",
+            "shell",
+            "--prefix",
+            "/sh/",
+            "--strip-prefix",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    // Through the route, as a client would call it.
+    let http = switchboard_test::http_client(switchboard_test::ADMIN_TOKEN).expect("client");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let v: Value = http
+            .get(hub.url("/sh/echo/x"))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        seen.insert(v["instance"].as_str().unwrap_or("").to_owned());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let o = cli(&url, &["--json", "gateway", "topology"]).await;
+    let t: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let service = t["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "shell"))
+        .expect("shell");
+    assert_eq!(service["instances"].as_array().map(Vec::len), Some(2));
+    let o = cli(&url, &["gateway", "routes", "list"]).await;
+    assert!(stdout(&o).contains("/sh/"), "{o:?}");
+    let o = cli(
+        &url,
+        &[
+            "webhooks",
+            "set",
+            "audit-feed",
+            "--url",
+            "http://127.0.0.1:9/hook",
+            "--topic",
+            "agent.>",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("signing secret (shown once): whsec_"));
+    let o = cli(&url, &["webhooks", "list"]).await;
+    assert!(stdout(&o).contains("audit-feed"), "{o:?}");
+    let o = cli(&url, &["hooks", "set", "gh", "--topic", "hooks.gh"]).await;
+    assert!(stdout(&o).contains("hook gh at /api/v1/hooks/gh"), "{o:?}");
+    let o = cli(&url, &["gateway", "routes", "delete", "sh"]).await;
+    assert!(o.status.success());
+    let r = http.get(hub.url("/sh/echo/x")).send().await.expect("send");
+    assert_eq!(r.status(), 404);
+}
