@@ -38,6 +38,8 @@ pub(crate) type MakeRequest =
 pub(crate) struct Outcome {
     pub(crate) requests: u64,
     pub(crate) errors: u64,
+    /// The first failed answer: its status and the start of its body.
+    pub(crate) first_error: Option<String>,
     pub(crate) elapsed: Duration,
     pub(crate) latency_us: Histogram<u64>,
 }
@@ -102,6 +104,7 @@ pub(crate) async fn run_as(
     let mut total = Outcome {
         requests: 0,
         errors: 0,
+        first_error: None,
         elapsed: Duration::ZERO,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
     };
@@ -109,6 +112,9 @@ pub(crate) async fn run_as(
         let o = t.await??;
         total.requests += o.requests;
         total.errors += o.errors;
+        if total.first_error.is_none() {
+            total.first_error = o.first_error;
+        }
         total.latency_us.add(&o.latency_us)?;
     }
     total.elapsed = start.elapsed();
@@ -146,6 +152,7 @@ async fn worker(w: usize, job: Job) -> anyhow::Result<Outcome> {
     });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors) = (0u64, 0u64);
+    let mut first_error = None;
     // Spread the workers' schedules evenly across one period.
     let offset = period.map_or(Duration::ZERO, |p| p.mul_f64(w as f64 / workers as f64));
     let mut i = 0u64;
@@ -183,8 +190,18 @@ async fn worker(w: usize, job: Job) -> anyhow::Result<Outcome> {
         let req = req.body(Full::new(body.unwrap_or_default()))?;
         send.ready().await?;
         let resp = send.send_request(req).await?;
-        let ok = resp.status().is_success();
-        resp.into_body().collect().await?;
+        let status = resp.status();
+        let ok = status.is_success();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !ok && first_error.is_none() {
+            first_error = Some(format!(
+                "{status} {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            ));
+        }
         let took = measure_from.elapsed();
         hist.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1))?;
         requests += 1;
@@ -196,6 +213,7 @@ async fn worker(w: usize, job: Job) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         requests,
         errors,
+        first_error,
         elapsed: Duration::ZERO,
         latency_us: hist,
     })

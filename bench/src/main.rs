@@ -26,6 +26,7 @@ mod payload;
 mod peers;
 mod report;
 mod scenarios;
+mod upstream;
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +61,9 @@ struct Args {
     /// smoke: 1).
     #[arg(long)]
     hold: Option<u64>,
+    /// For `upstream`: the port to serve on.
+    #[arg(long, hide = true)]
+    port: Option<u16>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -81,6 +85,11 @@ enum Scenario {
     /// What authentication and authorization add to a request: the same
     /// route with auth on and off.
     AuthOverhead,
+    /// The gateway against nginx and HAProxy as reverse proxies.
+    Proxy,
+    /// The `proxy` scenario's upstream server (started by the scenario).
+    #[value(hide = true)]
+    Upstream,
 }
 
 /// What every scenario is given.
@@ -95,6 +104,9 @@ pub(crate) struct Settings {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.scenario == Scenario::Upstream {
+        return upstream::run(args.port.unwrap_or(8080));
+    }
     let settings = Settings {
         smoke: args.smoke,
         hub_bin: args.hub_bin.clone(),
@@ -133,6 +145,9 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::All | Scenario::AuthOverhead) {
             sections.push(scenarios::auth_overhead::run(&settings).await?);
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::Proxy) {
+            sections.push(scenarios::proxy::run(&settings).await?);
         }
         anyhow::Ok(())
     })?;

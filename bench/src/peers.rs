@@ -138,3 +138,105 @@ pub(crate) async fn redis(clients: usize) -> anyhow::Result<(Peer, SocketAddr)> 
         addr,
     ))
 }
+
+/// `nginx` as a plain reverse proxy to `upstream`, with keep-alive
+/// connections to it and two worker processes (one per core).
+pub(crate) async fn nginx(upstream: SocketAddr) -> anyhow::Result<(Peer, SocketAddr)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let d = dir.path().display();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               upstream up {{ server {upstream}; keepalive 64; keepalive_requests 10000000; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://up;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start nginx")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr).await?;
+    Ok((
+        Peer {
+            name: "nginx",
+            child,
+            _dir: dir,
+        },
+        addr,
+    ))
+}
+
+/// `haproxy` as a plain reverse proxy to `upstream` (HTTP mode, keep-alive
+/// both ways, two threads).
+pub(crate) async fn haproxy(upstream: SocketAddr) -> anyhow::Result<(Peer, SocketAddr)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let conf = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n  nbthread 2\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\
+             frontend front\n  bind 127.0.0.1:{port}\n  default_backend back\n\
+             backend back\n  http-reuse always\n  server up {upstream}\n"
+        ),
+    )?;
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start haproxy")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr).await?;
+    Ok((
+        Peer {
+            name: "HAProxy",
+            child,
+            _dir: dir,
+        },
+        addr,
+    ))
+}
+
+/// The upstream every proxy forwards to: this binary's `upstream`
+/// subcommand, a minimal HTTP/1.1 keep-alive server, in its own process.
+pub(crate) async fn upstream() -> anyhow::Result<(Peer, SocketAddr)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let me = std::env::current_exe().context("the bench's own path")?;
+    let child = Command::new(me)
+        .args(["upstream", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start the upstream")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for(addr).await?;
+    Ok((
+        Peer {
+            name: "upstream",
+            child,
+            _dir: dir,
+        },
+        addr,
+    ))
+}

@@ -2,6 +2,7 @@
 
 pub(crate) mod auth_overhead;
 pub(crate) mod durable;
+pub(crate) mod proxy;
 pub(crate) mod pubsub;
 pub(crate) mod registry;
 pub(crate) mod tasks;
