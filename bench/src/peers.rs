@@ -17,6 +17,24 @@ pub(crate) struct Peer {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Peer {
+    /// Asks the peer to stop (SIGTERM) and waits a moment for it before
+    /// `kill_on_drop` kills it: nginx's master stops its workers on TERM,
+    /// but a killed master leaves them running.
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else { return };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Peer {
     /// The peer's resident memory in KiB.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
