@@ -29,6 +29,7 @@ use switchboard_auth::{
     AuditEntry, Auth, AuthFailure, Decision, Principal, PrincipalKind, Role, Scope, Scopes,
 };
 use switchboard_bus::{Bus, NewEvent};
+use switchboard_core::FieldError;
 use switchboard_telemetry::Metrics;
 
 use crate::context::RequestContext;
@@ -277,8 +278,11 @@ impl Caller {
 
     /// Checks an event an agent publishes against its ACL, and stamps it
     /// with the agent as its `sourceagent` (which it may not claim to be
-    /// another agent).
-    pub(crate) fn stamp_publish(&self, event: &mut NewEvent) -> Result<(), ApiError> {
+    /// another agent). A sealed message (its `datacontenttype` says so) is
+    /// checked too: well formed, sent by the agent it names, signed by
+    /// that agent's current keys, sealed to the recipient's current keys,
+    /// within the window, and not seen before.
+    pub(crate) fn stamp_publish(&self, auth: &Auth, event: &mut NewEvent) -> Result<(), ApiError> {
         self.may_publish(&event.topic)?;
         if let Some(me) = self.agent_id() {
             match event.extension("sourceagent") {
@@ -295,7 +299,27 @@ impl Caller {
                 }
             }
         }
+        if event.datacontenttype == switchboard_seal::CONTENT_TYPE {
+            let sealed = sealed_data(event.data.as_ref())?;
+            self.check_sealed(auth, &sealed)?;
+        }
         Ok(())
+    }
+
+    /// The hub's check of a sealed message this caller sends: only an
+    /// agent sends one, as itself.
+    pub(crate) fn check_sealed(
+        &self,
+        auth: &Auth,
+        sealed: &switchboard_seal::SealedMessage,
+    ) -> Result<(), ApiError> {
+        let Some(me) = self.agent_id() else {
+            let who = self.principal().map_or("an anonymous caller", |p| &*p.id);
+            return Err(ApiError::forbidden(format!(
+                "{who} is not an agent: sealed messages are sent by agents, signed with their own keys"
+            )));
+        };
+        auth.check_sealed(sealed, me).map_err(ApiError::from)
     }
 
     /// Resolves when the caller's credential expires (never, for one that
@@ -597,6 +621,31 @@ pub(crate) async fn admit(
     })
 }
 
+/// A sealed message from an event's data.
+pub(crate) fn sealed_data(
+    data: Option<&Value>,
+) -> Result<switchboard_seal::SealedMessage, ApiError> {
+    let data = data.ok_or_else(|| {
+        ApiError::validation(vec![FieldError::new(
+            "data",
+            format!(
+                "an event of type {} carries a sealed message",
+                switchboard_seal::CONTENT_TYPE
+            ),
+        )])
+    })?;
+    serde_json::from_value(data.clone()).map_err(|e| {
+        ApiError::validation(vec![FieldError::new(
+            "data",
+            format!("not a sealed message: {e}"),
+        )])
+    })
+}
+
+/// Routes every call of which is audited, reads included: they reveal
+/// secrets.
+const ALWAYS_AUDITED: &str = "/api/v1/secrets";
+
 /// Adds the rate limit headers to an admitted request's answer and
 /// audits it when it changed something or was refused.
 pub(crate) async fn finish(access: &Access, admitted: Admitted, mut resp: Response) -> Response {
@@ -643,7 +692,8 @@ pub(crate) async fn finish(access: &Access, admitted: Admitted, mut resp: Respon
             },
         );
     }
-    if refused || (mutating && (!data_plane || access.audit_data_plane)) {
+    let sensitive = at.route.starts_with(ALWAYS_AUDITED);
+    if refused || sensitive || (mutating && (!data_plane || access.audit_data_plane)) {
         record(access, entry(principal.as_deref(), &at, &resp)).await;
     }
     resp

@@ -277,6 +277,7 @@ impl From<switchboard_auth::AuthError> for ApiError {
             E::NotFound { code, what } => {
                 Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
             }
+            E::Seal(e) => e.into(),
             E::Storage(s) if s.is_retryable() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "STORE_UNAVAILABLE",
@@ -284,6 +285,49 @@ impl From<switchboard_auth::AuthError> for ApiError {
             )
             .with_retry_after(1),
             E::Storage(s) => Self::internal(s.to_string()),
+            E::Internal(why) => Self::internal(why),
+        }
+    }
+}
+
+impl From<switchboard_seal::SealError> for ApiError {
+    fn from(e: switchboard_seal::SealError) -> Self {
+        use switchboard_seal::SealError as E;
+        let status = match &e {
+            E::Replayed { .. } => StatusCode::CONFLICT,
+            E::SenderMismatch(_) => StatusCode::FORBIDDEN,
+            E::Randomness(_) => return Self::internal(e.to_string()),
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let mut err = Self::new(status, e.code(), e.to_string());
+        if let E::Malformed { field, reason } = &e {
+            err = err.with_details(serde_json::json!({ "field": field, "reason": reason }));
+        }
+        err
+    }
+}
+
+impl From<switchboard_vault::VaultError> for ApiError {
+    fn from(e: switchboard_vault::VaultError) -> Self {
+        use switchboard_vault::VaultError as E;
+        match e {
+            E::Invalid(fields) => Self::validation(fields),
+            E::NotFound(what) => Self::new(
+                StatusCode::NOT_FOUND,
+                "SECRET_NOT_FOUND",
+                format!("{what} not found"),
+            ),
+            E::Forbidden(why) => Self::forbidden(why),
+            E::Unavailable(why) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "VAULT_UNAVAILABLE", why)
+            }
+            E::Locked(why) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "VAULT_LOCKED", why),
+            E::Conflict(why) => Self::new(StatusCode::CONFLICT, "ROTATION_REFUSED", why),
+            E::Corrupt(why) => {
+                tracing::error!(reason = %why, "a vault row does not decrypt");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "VAULT_CORRUPT", why)
+            }
+            E::Storage(s) => switchboard_auth::AuthError::Storage(s).into(),
             E::Internal(why) => Self::internal(why),
         }
     }

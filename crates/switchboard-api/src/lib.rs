@@ -39,7 +39,8 @@ pub use error::ApiError;
 pub use state::{ApiConfig, AppState, Checks, Handles};
 
 use routes::{
-    agents, audit, auth, events, gateway, groups, messages, system, tasks, webhooks, workflows, ws,
+    agents, audit, auth, events, gateway, groups, keys, messages, system, tasks, vault, webhooks,
+    workflows, ws,
 };
 
 #[derive(OpenApi)]
@@ -53,7 +54,9 @@ use routes::{
         (name = "agents", description = "The agent registry"),
         (name = "events", description = "The event bus: publish, read the log, stream"),
         (name = "groups", description = "Consumer groups: durable subscriptions, acknowledgements, dead letters"),
-        (name = "messages", description = "Direct messages and request-response between agents"),
+        (name = "messages", description = "Direct messages and request-response between agents, in clear or sealed end to end"),
+        (name = "keys", description = "Agents' public keys for sealed messages: proof of possession, rotation, revocation"),
+        (name = "vault", description = "Secrets encrypted at rest: versions, read policies, master key rotation"),
         (name = "tasks", description = "The task queue: create, claim, report, cancel"),
         (name = "workflows", description = "Workflows: DAGs of stages with failure strategies and compensation"),
         (name = "auth", description = "Tokens, API keys, signing keys, revocation"),
@@ -124,6 +127,19 @@ fn route_table() -> OpenApiRouter<AppState> {
             agents::revoke_credentials
         ))
         .routes(routes!(agents::get_acl, agents::set_acl))
+        .routes(routes!(keys::agent_key_challenge))
+        .routes(routes!(keys::register_agent_keys, keys::list_agent_keys))
+        .routes(routes!(keys::revoke_agent_keys))
+        .routes(routes!(vault::list_secrets))
+        .routes(routes!(
+            vault::put_secret,
+            vault::get_secret,
+            vault::delete_secret
+        ))
+        .routes(routes!(vault::describe_secret))
+        .routes(routes!(vault::set_secret_policy))
+        .routes(routes!(vault::vault_status))
+        .routes(routes!(vault::rotate_vault))
         .routes(routes!(auth::token))
         .routes(routes!(auth::jwks))
         .routes(routes!(auth::whoami))

@@ -12,6 +12,7 @@ use switchboard_gateway::Gateway;
 use switchboard_registry::Registry;
 use switchboard_tasks::Tasks;
 use switchboard_telemetry::Metrics;
+use switchboard_vault::Vault;
 use tokio_util::sync::CancellationToken;
 
 /// Settings of the HTTP layer.
@@ -77,6 +78,8 @@ pub struct Handles {
     pub auth: Auth,
     /// The reverse proxy and webhooks.
     pub gateway: Gateway,
+    /// The credential vault.
+    pub vault: Vault,
     /// The metrics.
     pub metrics: Metrics,
     /// Readiness checks.
@@ -119,6 +122,7 @@ from_state!(
     tasks: Tasks,
     auth: Auth,
     gateway: Gateway,
+    vault: Vault,
     metrics: Metrics,
     checks: Checks,
 );

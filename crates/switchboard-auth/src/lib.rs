@@ -29,6 +29,7 @@ use switchboard_core::{Clock, FieldError, StorageError, UnixMillis};
 use tokio_util::sync::CancellationToken;
 
 pub mod audit;
+pub mod identity;
 pub mod jwt;
 mod manage;
 pub mod principal;
@@ -38,6 +39,7 @@ mod secret;
 pub mod store;
 
 pub use audit::{AuditEntry, AuditLog, AuditRecord, AuditWriter, Verification};
+pub use identity::{AgentIdentity, AgentKeyRecord, KeyChallenge, KeyRegistration, KeyStatus};
 pub use jwt::{KeyAlgorithm, TokenError};
 pub use manage::{ApiKeyCreated, IssuedToken, KeyInfo, NewApiKey};
 pub use principal::{AclTemplate, Principal, PrincipalKind, TopicAcl};
@@ -85,6 +87,9 @@ pub struct AuthConfig {
     pub failure_window: Duration,
     /// Rate limits.
     pub rate_limits: RateLimits,
+    /// How far a sealed message's `sent_at` may be from now when the hub
+    /// routes it.
+    pub seal_window: Duration,
 }
 
 impl Default for AuthConfig {
@@ -102,6 +107,7 @@ impl Default for AuthConfig {
             failure_threshold: 20,
             failure_window: Duration::from_secs(60),
             rate_limits: RateLimits::default(),
+            seal_window: Duration::from_secs(300),
         }
     }
 }
@@ -126,6 +132,9 @@ impl AuthConfig {
             if t.contains(char::is_whitespace) {
                 errs.push("auth.admin_token", "must not contain whitespace");
             }
+        }
+        if self.seal_window < Duration::from_secs(1) {
+            errs.push("auth.seal_window", "must be at least 1s");
         }
         if self.failure_threshold == 0 {
             errs.push("auth.failure_threshold", "must be at least 1");
@@ -205,6 +214,9 @@ pub enum AuthError {
         /// What was looked for.
         what: String,
     },
+    /// A sealed message, a key or a proof was refused.
+    #[error(transparent)]
+    Seal(#[from] switchboard_seal::SealError),
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -254,6 +266,8 @@ struct State {
     credentials: HashMap<String, Arc<Cred>>,
     /// Revoked `jti`s and when their tokens expire.
     revoked: HashMap<String, UnixMillis>,
+    /// Agents' public keys.
+    identities: HashMap<String, Arc<AgentIdentity>>,
 }
 
 impl State {
@@ -299,6 +313,7 @@ struct Inner {
     audit: AuditLog,
     failures: Mutex<HashMap<IpAddr, FailureWindow>>,
     admin_token_hash: Option<String>,
+    identity: Mutex<identity::IdentityState>,
 }
 
 struct FailureWindow {
@@ -356,6 +371,9 @@ impl Auth {
         for r in snapshot.revoked {
             state.revoked.insert(r.jti, r.expires_at);
         }
+        for i in snapshot.identities {
+            state.identities.insert(i.agent_id.clone(), Arc::new(i));
+        }
         let (audit, audit_writer) = AuditLog::open(store.clone(), shutdown).await?;
         let local = Arc::new(LocalLimiter::default());
         let rules = Rules {
@@ -377,6 +395,7 @@ impl Auth {
             audit,
             failures: Mutex::new(HashMap::new()),
             admin_token_hash,
+            identity: Mutex::new(identity::IdentityState::default()),
             config,
         }));
         if auth.read().current_key().is_none() {

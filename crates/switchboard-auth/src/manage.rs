@@ -72,7 +72,7 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl Auth {
-    async fn commit(&self, writes: Vec<AuthWrite>) -> Result<(), AuthError> {
+    pub(crate) async fn commit(&self, writes: Vec<AuthWrite>) -> Result<(), AuthError> {
         self.0.store.write_auth(writes).await.map_err(Into::into)
     }
 
@@ -293,16 +293,32 @@ impl Auth {
         self.store_cred(record).await
     }
 
-    /// Forgets the agent's credentials (the agent was removed): its secrets
-    /// and tokens stop working at once.
+    /// Forgets the agent's credentials and public keys (the agent was
+    /// removed): its secrets and tokens stop working at once, and nothing
+    /// its keys signed is accepted.
     pub async fn remove_credentials(&self, agent_id: &str) -> Result<(), AuthError> {
         let _w = self.0.writes.lock().await;
-        if !self.read().credentials.contains_key(agent_id) {
+        let (cred, keys) = {
+            let s = self.read();
+            (
+                s.credentials.contains_key(agent_id),
+                s.identities.contains_key(agent_id),
+            )
+        };
+        let mut writes = Vec::new();
+        if cred {
+            writes.push(AuthWrite::DeleteCredential(agent_id.to_owned()));
+        }
+        if keys {
+            writes.push(AuthWrite::DeleteIdentity(agent_id.to_owned()));
+        }
+        if writes.is_empty() {
             return Ok(());
         }
-        self.commit(vec![AuthWrite::DeleteCredential(agent_id.to_owned())])
-            .await?;
-        self.write().credentials.remove(agent_id);
+        self.commit(writes).await?;
+        let mut s = self.write();
+        s.credentials.remove(agent_id);
+        s.identities.remove(agent_id);
         Ok(())
     }
 

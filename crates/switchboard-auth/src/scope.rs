@@ -36,13 +36,18 @@ pub enum Scope {
     GatewayRead,
     /// Configure the gateway's services, routes, webhooks and hooks.
     GatewayManage,
+    /// Read the vault's secrets that their policies grant.
+    SecretsRead,
+    /// Write, describe and delete the vault's secrets and set their
+    /// policies.
+    SecretsWrite,
     /// Manage credentials, keys and the audit log.
     Admin,
 }
 
 impl Scope {
     /// Every scope, in a fixed order.
-    pub const ALL: [Scope; 14] = [
+    pub const ALL: [Scope; 16] = [
         Scope::AgentsRead,
         Scope::AgentsWrite,
         Scope::TasksRead,
@@ -56,6 +61,8 @@ impl Scope {
         Scope::GatewayInvoke,
         Scope::GatewayRead,
         Scope::GatewayManage,
+        Scope::SecretsRead,
+        Scope::SecretsWrite,
         Scope::Admin,
     ];
 
@@ -75,6 +82,8 @@ impl Scope {
             Scope::GatewayInvoke => "gateway:invoke",
             Scope::GatewayRead => "gateway:read",
             Scope::GatewayManage => "gateway:manage",
+            Scope::SecretsRead => "secrets:read",
+            Scope::SecretsWrite => "secrets:write",
             Scope::Admin => "admin",
         }
     }
@@ -244,6 +253,8 @@ impl Role {
                 GatewayInvoke,
                 GatewayRead,
                 GatewayManage,
+                SecretsRead,
+                SecretsWrite,
             ]
             .into_iter()
             .collect(),
@@ -256,6 +267,7 @@ impl Role {
                 EventsPublish,
                 EventsSubscribe,
                 GatewayInvoke,
+                SecretsRead,
             ]
             .into_iter()
             .collect(),

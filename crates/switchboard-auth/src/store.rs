@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_core::{StorageError, UnixMillis};
 
 use crate::audit::AuditRecord;
+use crate::identity::AgentIdentity;
 use crate::jwt::SigningKeyRecord;
 use crate::principal::AclTemplate;
 
@@ -79,6 +80,8 @@ pub struct AuthSnapshot {
     pub credentials: Vec<AgentCredential>,
     /// Revoked tokens not yet expired.
     pub revoked: Vec<RevokedToken>,
+    /// Agents' public keys.
+    pub identities: Vec<AgentIdentity>,
 }
 
 /// One change to the auth state, written in one transaction with the
@@ -95,6 +98,10 @@ pub enum AuthWrite {
     Credential(AgentCredential),
     /// Remove an agent's credentials.
     DeleteCredential(String),
+    /// Insert or replace an agent's public keys.
+    Identity(AgentIdentity),
+    /// Remove an agent's public keys.
+    DeleteIdentity(String),
     /// Record a revoked token.
     Revoke(RevokedToken),
     /// Forget revoked tokens that expired before this moment.

@@ -53,6 +53,18 @@ pub(crate) struct SubscribeArgs {
     /// Stop after this many events.
     #[arg(long)]
     count: Option<u64>,
+    /// Open sealed messages with the agent's key file (`--key-file`):
+    /// each is verified and decrypted, or refused with its reason on
+    /// stderr. Without patterns, the agent's inbox.
+    #[arg(long, requires = "key_file")]
+    decrypt: bool,
+    /// The receiving agent's key file.
+    #[arg(long, short = 'k', requires = "decrypt")]
+    key_file: Option<std::path::PathBuf>,
+    /// With --decrypt: answer each sealed request with this shell
+    /// command's output (its standard input is the request's plaintext).
+    #[arg(long, requires = "decrypt")]
+    reply_with: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -173,8 +185,16 @@ pub(crate) async fn subscribe(
         ),
         (None, None) => From::Now,
     };
+    let channel = match &args.key_file {
+        Some(f) if args.decrypt => Some(crate::keys::channel(client.clone(), f)?),
+        _ => None,
+    };
+    let mut topics = args.patterns.clone();
+    if let (Some(ch), true) = (&channel, topics.is_empty()) {
+        topics.push(format!("inbox.{}", ch.keys().agent_id()));
+    }
     let query = EventQuery {
-        topics: args.patterns.clone(),
+        topics,
         filter: parse_filter(args.filter.as_deref())?,
         from,
         limit: None,
@@ -197,7 +217,12 @@ pub(crate) async fn subscribe(
         };
         backoff = Duration::from_millis(200);
         while let Ok(Some(e)) = stream.next().await {
-            print_event(&e, json)?;
+            match &channel {
+                Some(ch) => {
+                    crate::keys::handle(ch, &e, json, args.reply_with.as_deref()).await?;
+                }
+                None => print_event(&e, json)?,
+            }
             last = Some(e.offset);
             seen += 1;
             if args.count.is_some_and(|c| seen >= c) {

@@ -13,10 +13,12 @@ mod auth;
 mod events;
 mod gateway;
 mod groups;
+mod keys;
 mod messages;
 mod output;
 mod serve;
 mod tasks;
+mod vault;
 mod workflows;
 
 /// The allocator. The hub makes and drops many small objects per request
@@ -98,7 +100,11 @@ enum Command {
     /// Create, list and delete consumer groups (durable subscriptions).
     #[command(subcommand)]
     Groups(groups::GroupsCommand),
-    /// Send a direct message to an agent (by id, or any live agent of a type).
+    /// An agent's key pairs for sealed (end-to-end encrypted) messages.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Send a direct message to an agent (by id, or any live agent of a
+    /// type); --encrypt seals it end to end.
     Send(messages::MessageArgs),
     /// Send a request to an agent and print its reply (exit 1 on TASK_TIMEOUT).
     Request(messages::MessageArgs),
@@ -111,6 +117,12 @@ enum Command {
     /// Create, list, inspect, cancel and watch workflows.
     #[command(subcommand)]
     Workflows(workflows::WorkflowsCommand),
+    /// Secrets in the vault, encrypted at rest.
+    #[command(subcommand)]
+    Secrets(vault::SecretsCommand),
+    /// The vault's master key: state, rotation, a new key.
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
 }
 
 fn main() -> ExitCode {
@@ -165,11 +177,22 @@ fn main() -> ExitCode {
             Command::Subscribe(args) => events::subscribe(connect()?, json, args).await,
             Command::Events(cmd) => events::run(connect()?, json, cmd).await,
             Command::Groups(cmd) => groups::run(connect()?, json, cmd).await,
+            Command::Keys(cmd) => keys::run(connect()?, json, cmd).await,
             Command::Send(args) => messages::send(connect()?, json, args).await,
             Command::Request(args) => messages::request(connect()?, json, args).await,
             Command::Dlq(cmd) => groups::dlq(connect()?, json, cmd).await,
             Command::Tasks(cmd) => tasks::run(connect()?, json, cmd).await,
             Command::Workflows(cmd) => workflows::run(connect()?, json, cmd).await,
+            Command::Secrets(cmd) => vault::secrets(connect()?, json, cmd).await,
+            Command::Vault(vault::VaultCommand::Keygen) => {
+                vault::vault(
+                    switchboard_client::Client::new(&cli.hub)?,
+                    json,
+                    vault::VaultCommand::Keygen,
+                )
+                .await
+            }
+            Command::Vault(cmd) => vault::vault(connect()?, json, cmd).await,
         }
     });
     match result {

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Args;
 use switchboard_client::Client;
+use switchboard_client::sealed::Channel;
 use switchboard_wire::SendMessageRequest;
 
 use crate::output;
@@ -31,6 +32,18 @@ pub(crate) struct MessageArgs {
     /// Requests only: milliseconds to wait for the reply.
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Seal the message end to end: encrypted to the recipient's keys and
+    /// signed with the sender's (`--key-file`); `--data` is then any text.
+    #[arg(
+        long,
+        requires = "key_file",
+        requires = "to",
+        conflicts_with = "to_type"
+    )]
+    encrypt: bool,
+    /// The sending agent's key file (`switchboard keys generate`).
+    #[arg(long, short = 'k', requires = "encrypt")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 fn body(args: MessageArgs) -> anyhow::Result<SendMessageRequest> {
@@ -45,13 +58,34 @@ fn body(args: MessageArgs) -> anyhow::Result<SendMessageRequest> {
         message_type: args.message_type,
         subject: None,
         data,
+        sealed: None,
         correlation_id: args.correlation_id,
         timeout_ms: args.timeout_ms,
     })
 }
 
+/// The sealed form of `send`/`request`: the channel of the key file's
+/// agent, the recipient and the plaintext.
+fn sealed_parts(
+    client: Client,
+    args: &MessageArgs,
+) -> anyhow::Result<Option<(Channel, String, Vec<u8>)>> {
+    if !args.encrypt {
+        return Ok(None);
+    }
+    let (Some(file), Some(to)) = (&args.key_file, &args.to) else {
+        anyhow::bail!("--encrypt needs --key-file and --to");
+    };
+    let ch = crate::keys::channel(client, file)?;
+    let text = args.data.clone().unwrap_or_default();
+    Ok(Some((ch, to.clone(), text.into_bytes())))
+}
+
 pub(crate) async fn send(client: Client, json: bool, args: MessageArgs) -> anyhow::Result<()> {
-    let sent = client.send_message(&body(args)?).await?;
+    let sent = match sealed_parts(client.clone(), &args)? {
+        Some((ch, to, text)) => ch.send(&to, &text).await?,
+        None => client.send_message(&body(args)?).await?,
+    };
     if json {
         return output::json(&sent);
     }
@@ -63,6 +97,16 @@ pub(crate) async fn send(client: Client, json: bool, args: MessageArgs) -> anyho
 }
 
 pub(crate) async fn request(client: Client, json: bool, args: MessageArgs) -> anyhow::Result<()> {
+    if let Some((ch, to, text)) = sealed_parts(client.clone(), &args)? {
+        let reply = ch
+            .request(&to, &text, args.timeout_ms.unwrap_or(10_000))
+            .await?;
+        if json {
+            return crate::keys::print_opened(&reply, None, true);
+        }
+        println!("{}", String::from_utf8_lossy(&reply.plaintext).trim_end());
+        return Ok(());
+    }
     let reply = client.request(&body(args)?).await?;
     if json {
         return output::json(&reply);

@@ -51,6 +51,11 @@ pub(crate) struct ServeArgs {
     /// then known by its certificate's common name (mTLS).
     #[arg(long, env = "SWITCHBOARD_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
+    /// The vault's master key file (mode 600, outside the data directory):
+    /// one key per line, made by `switchboard vault keygen`, the current
+    /// key first. SWITCHBOARD_MASTER_KEY may hold the keys instead.
+    #[arg(long, env = "SWITCHBOARD_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -73,6 +78,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tls_key: args.tls_key,
         tls_self_signed: args.tls_self_signed,
         tls_client_ca: args.tls_client_ca,
+        master_key: match (
+            args.master_key_file,
+            std::env::var("SWITCHBOARD_MASTER_KEY"),
+        ) {
+            (Some(file), _) => Some(switchboard_vault::KeySource::File(file)),
+            (None, Ok(keys)) if !keys.trim().is_empty() => {
+                Some(switchboard_vault::KeySource::Inline(keys))
+            }
+            (None, _) => None,
+        },
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     // Every connection is a file descriptor: take all the system allows.

@@ -25,7 +25,9 @@ use url::Url;
 
 mod auth;
 mod gateway;
+pub mod sealed;
 mod tasks;
+mod vault;
 
 pub use tasks::{TaskListQuery, WorkflowListQuery};
 

@@ -17,6 +17,7 @@ use switchboard_core::FieldError;
 use switchboard_registry::RegistryConfig;
 use switchboard_store::{SqliteConfig, Synchronous};
 use switchboard_tasks::TasksConfig;
+use switchboard_vault::{KeySource, VaultConfig};
 
 use crate::ServerError;
 use crate::tls::{TlsConfig, TlsMode};
@@ -51,6 +52,8 @@ pub struct Config {
     pub allow_plain_http: bool,
     /// TLS, and client certificates.
     pub tls: TlsConfig,
+    /// The vault (its master keys).
+    pub vault: VaultConfig,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             allow_plain_http: false,
             tls: TlsConfig::default(),
+            vault: VaultConfig::default(),
         }
     }
 }
@@ -97,6 +101,9 @@ pub struct Overrides {
     pub tls_self_signed: bool,
     /// `--tls-client-ca` / `SWITCHBOARD_TLS_CLIENT_CA`.
     pub tls_client_ca: Option<PathBuf>,
+    /// `--master-key-file` / `SWITCHBOARD_MASTER_KEY_FILE`, or
+    /// `SWITCHBOARD_MASTER_KEY` (the keys themselves).
+    pub master_key: Option<KeySource>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +131,15 @@ struct FileConfig {
     audit: FileAudit,
     #[serde(default)]
     tls: FileTls,
+    #[serde(default)]
+    vault: FileVault,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileVault {
+    master_key_file: Option<PathBuf>,
+    max_value_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +170,8 @@ struct FileAuth {
     #[serde(default, with = "humantime_serde")]
     failure_window: Option<Duration>,
     agent_acl: Option<FileAcl>,
+    #[serde(default, with = "humantime_serde")]
+    seal_window: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,6 +451,7 @@ impl Config {
         }
         c.allow_plain_http = o.allow_plain_http;
         c.build_tls(f.tls, o, &mut errs);
+        c.build_vault(f.vault, o, &mut errs);
         if !c.listen.ip().is_loopback() && !c.allow_plain_http && !c.tls.enabled() {
             errs.push(FieldError::new(
                 "listen",
@@ -462,6 +481,37 @@ impl Config {
             Ok(c)
         } else {
             Err(ServerError::Config(errs))
+        }
+    }
+
+    fn build_vault(&mut self, f: FileVault, o: &Overrides, errs: &mut Vec<FieldError>) {
+        self.vault.source = o
+            .master_key
+            .clone()
+            .or(f.master_key_file.map(KeySource::File));
+        if let Some(n) = f.max_value_bytes {
+            if n == 0 || n > 1024 * 1024 {
+                errs.push(FieldError::new(
+                    "vault.max_value_bytes",
+                    "must be 1 to 1048576",
+                ));
+            }
+            self.vault.max_value_bytes = n;
+        }
+        // The master key protects the data: a copy of the data directory
+        // must not carry it.
+        if let Some(KeySource::File(file)) = &self.vault.source {
+            let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            if abs(file).starts_with(abs(&self.data_dir)) {
+                errs.push(FieldError::new(
+                    "vault.master_key_file",
+                    format!(
+                        "{} is inside the data directory {}: keep the master key apart from the data it protects",
+                        file.display(),
+                        self.data_dir.display()
+                    ),
+                ));
+            }
         }
     }
 
@@ -542,6 +592,9 @@ impl Config {
         }
         if let Some(w) = f.failure_window {
             a.failure_window = w;
+        }
+        if let Some(w) = f.seal_window {
+            a.seal_window = w;
         }
         if let Some(acl) = f.agent_acl {
             a.agent_acl = AclTemplate {

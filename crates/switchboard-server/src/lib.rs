@@ -62,6 +62,8 @@ pub struct Hub {
     audit_writer: AuditWriter,
     audit_stop: CancellationToken,
     first_admin_key: Option<String>,
+    /// Data keys wrapped by a previous master key wait to be rewrapped.
+    vault_rewrap: bool,
     /// The TLS configuration, read (and a self-signed certificate made)
     /// before the hub answers anything.
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -128,6 +130,18 @@ impl Hub {
         )
         .await
         .map_err(|e| ServerError::Registry(format!("gateway: {e}")))?;
+        let (vault, vault_rewrap) = switchboard_vault::Vault::open(
+            Arc::new(store.clone()),
+            config.vault.clone(),
+            Clock::system(),
+        )
+        .await
+        .map_err(|e| match e {
+            switchboard_vault::VaultError::Unavailable(why) => {
+                ServerError::Config(vec![FieldError::new("vault.master_key_file", why)])
+            }
+            other => ServerError::Auth(format!("vault: {other}")),
+        })?;
         if !config.auth.enabled {
             tracing::warn!(
                 "authentication is OFF: every request runs as an admin (auth.enabled = false)"
@@ -136,6 +150,7 @@ impl Hub {
         let state = AppState::new(switchboard_api::Handles {
             auth: opened.auth,
             gateway,
+            vault,
             tasks,
             shutdown,
             registry,
@@ -154,6 +169,7 @@ impl Hub {
             audit_stop,
             tls,
             first_admin_key: opened.first_admin_key,
+            vault_rewrap,
         })
     }
 
@@ -200,6 +216,20 @@ impl Hub {
                 .run_health_checks(token.child_token()),
         );
         self.state.gateway.start_webhooks();
+        if self.vault_rewrap {
+            // A previous master key still wraps data keys: rewrap them
+            // under the current one while the hub serves.
+            let vault = self.state.vault.clone();
+            tracker.spawn(async move {
+                match vault.rewrap_all().await {
+                    Ok(n) => tracing::info!(
+                        rewrapped = n,
+                        "vault data keys rewrapped under the current master key"
+                    ),
+                    Err(error) => tracing::error!(%error, "could not rewrap the vault's data keys"),
+                }
+            });
+        }
         // The audit writer drains what is queued after the server stops,
         // so it ends with the other workers.
         let audit = tokio::spawn(self.audit_writer.run());

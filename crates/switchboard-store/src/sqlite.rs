@@ -28,6 +28,7 @@ mod groups;
 mod retention;
 mod schedule;
 mod tasks;
+mod vault;
 
 use agents::LivenessWrite;
 use batch::Batcher;

@@ -8,10 +8,12 @@
 //! - [`events`]: CloudEvents as published and as read from the log.
 //! - [`gateway`]: services, routes, topology, webhooks and hooks.
 //! - [`groups`]: consumer groups, deliveries, acknowledgements, dead letters.
+//! - [`keys`]: agents' public keys (proof of possession, rotation).
 //! - [`messages`]: direct messages and request-response.
 //! - [`problem`]: the `application/problem+json` error body.
 //! - [`system`]: health, readiness and the JSON metrics.
 //! - [`tasks`]: tasks, agent reports and claims.
+//! - [`vault`]: secrets, versions, policies, master key rotation.
 //! - [`workflows`]: workflows and their stages.
 //!
 //! Request types refuse unknown fields; response types ignore them, so an
@@ -22,10 +24,12 @@ pub mod auth;
 pub mod events;
 pub mod gateway;
 pub mod groups;
+pub mod keys;
 pub mod messages;
 pub mod problem;
 pub mod system;
 pub mod tasks;
+pub mod vault;
 pub mod workflows;
 
 pub use agents::*;
@@ -33,8 +37,10 @@ pub use auth::*;
 pub use events::*;
 pub use gateway::*;
 pub use groups::*;
+pub use keys::*;
 pub use messages::*;
 pub use problem::*;
 pub use system::*;
 pub use tasks::*;
+pub use vault::*;
 pub use workflows::*;

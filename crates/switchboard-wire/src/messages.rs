@@ -30,6 +30,12 @@ pub struct SendMessageRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
+    /// Instead of `data`: a sealed message (end-to-end encrypted to the
+    /// recipient, signed by the sending agent; `docs/sealed-messages.md`).
+    /// It names the recipient, the sender and the correlation id itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub sealed: Option<switchboard_seal::SealedMessage>,
     /// Ties the message to its reply (made when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,

@@ -43,6 +43,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 )]
 pub(crate) async fn publish(
     State(bus): State<Bus>,
+    State(auth): State<switchboard_auth::Auth>,
     caller: Caller,
     headers: HeaderMap,
     RawBody(body): RawBody,
@@ -67,7 +68,7 @@ pub(crate) async fn publish(
     };
     let mut events = events;
     for e in &mut events {
-        caller.stamp_publish(e)?;
+        caller.stamp_publish(&auth, e)?;
     }
     let stored = bus.publish(events).await?;
     Ok((

@@ -54,7 +54,7 @@ pub(crate) async fn send(
     AppJson(body): AppJson<SendMessageRequest>,
 ) -> Result<(StatusCode, Json<MessageSent>), ApiError> {
     let mut msg = prepare(&state, body, false).await?;
-    caller.stamp_publish(&mut msg.event)?;
+    caller.stamp_publish(&state.auth, &mut msg.event)?;
     let (to, corr) = (msg.to.clone(), msg.correlation_id.clone());
     let accepted = state.bus.publish(vec![msg.event]).await?;
     let Some(Accepted::Stored(e)) = accepted.into_iter().next() else {
@@ -95,7 +95,7 @@ pub(crate) async fn request(
     AppJson(body): AppJson<SendMessageRequest>,
 ) -> Result<Json<RequestReply>, ApiError> {
     let mut msg = prepare(&state, body, true).await?;
-    caller.stamp_publish(&mut msg.event)?;
+    caller.stamp_publish(&state.auth, &mut msg.event)?;
     let reply_topic = format!("reply.{}", msg.correlation_id);
     let pattern = Pattern::parse(&reply_topic)
         .map_err(|r| ApiError::internal(format!("reply topic: {r}")))?;
@@ -143,10 +143,14 @@ struct Prepared {
 /// Checks the body, finds the recipient, and builds the inbox event.
 async fn prepare(
     state: &AppState,
-    body: SendMessageRequest,
+    mut body: SendMessageRequest,
     is_request: bool,
 ) -> Result<Prepared, ApiError> {
     let mut errs = FieldErrors::new();
+    let sealed = body.sealed.take();
+    if let Some(s) = &sealed {
+        sealed_fields(&mut body, s, is_request, &mut errs);
+    }
     match (&body.to, &body.to_type) {
         (Some(_), Some(_)) | (None, None) => errs.push("to", "give to or to_type, not both"),
         (Some(id), None) => {
@@ -226,6 +230,16 @@ async fn prepare(
         );
     }
     let default_type = if is_request { "request" } else { "message" };
+    let (datacontenttype, data) = match sealed {
+        Some(s) => (
+            switchboard_seal::CONTENT_TYPE.to_owned(),
+            Some(
+                serde_json::to_value(&s)
+                    .map_err(|e| ApiError::internal(format!("a sealed message as JSON: {e}")))?,
+            ),
+        ),
+        None => ("application/json".to_owned(), body.data),
+    };
     let event = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
         source: SOURCE.to_owned(),
@@ -233,8 +247,8 @@ async fn prepare(
         topic: format!("inbox.{to}"),
         subject: body.subject,
         time: None,
-        datacontenttype: "application/json".to_owned(),
-        data: body.data,
+        datacontenttype,
+        data,
         extensions,
     };
     Ok(Prepared {
@@ -243,6 +257,48 @@ async fn prepare(
         timeout,
         event,
     })
+}
+
+/// A sealed message names its recipient, sender and correlation id
+/// itself: the body may repeat them, not contradict them.
+fn sealed_fields(
+    body: &mut SendMessageRequest,
+    s: &switchboard_seal::SealedMessage,
+    is_request: bool,
+    errs: &mut FieldErrors,
+) {
+    if body.data.is_some() {
+        errs.push("data", "give data or sealed, not both");
+    }
+    if body.to_type.take().is_some() {
+        errs.push(
+            "to_type",
+            "a sealed message is sealed to one agent, named in sealed.to",
+        );
+    }
+    for (field, given, sealed) in [
+        ("to", &body.to, &s.to),
+        ("from", &body.from, &s.from),
+        ("correlation_id", &body.correlation_id, &s.correlation_id),
+    ] {
+        if given.as_ref().is_some_and(|g| g != sealed) {
+            errs.push(field, format!("differs from sealed.{field}"));
+        }
+    }
+    let kind = if is_request {
+        switchboard_seal::Kind::Request
+    } else {
+        switchboard_seal::Kind::Message
+    };
+    if s.kind != kind {
+        errs.push(
+            "sealed.kind",
+            format!("must be {} on this route", kind.as_str()),
+        );
+    }
+    body.to = Some(s.to.clone());
+    body.from = Some(s.from.clone());
+    body.correlation_id = Some(s.correlation_id.clone());
 }
 
 fn live(s: AgentStatus) -> bool {

@@ -120,6 +120,7 @@ pub(crate) async fn upgrade(
                 cfg,
                 state.shutdown.clone(),
                 caller,
+                state.auth.clone(),
             )
         })
 }
@@ -191,6 +192,8 @@ struct Conn {
     out: mpsc::Sender<Message>,
     subs: HashMap<String, JoinHandle<()>>,
     caller: Caller,
+    /// Checks sealed messages the caller publishes.
+    auth: switchboard_auth::Auth,
     /// Groups this connection's caller was found allowed to use.
     allowed_groups: HashSet<String>,
 }
@@ -236,6 +239,7 @@ async fn connection(
     cfg: ApiConfig,
     shutdown: CancellationToken,
     caller: Caller,
+    auth: switchboard_auth::Auth,
 ) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbound) = mpsc::channel::<Message>(OUTBOUND);
@@ -248,6 +252,7 @@ async fn connection(
         out,
         subs: HashMap::new(),
         caller,
+        auth,
         allowed_groups: HashSet::new(),
     };
     let beat = cfg.ws_heartbeat_interval;
@@ -711,7 +716,9 @@ impl Conn {
             )
         })?;
         for e in &mut events {
-            self.caller.stamp_publish(e).map_err(|e| refused(r, &e))?;
+            self.caller
+                .stamp_publish(&self.auth, e)
+                .map_err(|e| refused(r, &e))?;
         }
         Ok(events)
     }

@@ -16,6 +16,7 @@ const SIGNING_KEY: &str = "signing_key";
 const API_KEY: &str = "api_key";
 const CREDENTIAL: &str = "credential";
 const REVOKED: &str = "revoked";
+const IDENTITY: &str = "identity";
 
 fn doc<T: Serialize>(what: &str, v: &T) -> Result<String, StorageError> {
     serde_json::to_string(v).map_err(|e| corrupt(what, e))
@@ -70,6 +71,7 @@ impl AuthStore for SqliteStore {
             api_keys: parse(&rows, API_KEY)?,
             credentials: parse(&rows, CREDENTIAL)?,
             revoked: parse(&rows, REVOKED)?,
+            identities: parse(&rows, IDENTITY)?,
         })
     }
 
@@ -99,6 +101,13 @@ impl AuthStore for SqliteStore {
                 ),
                 AuthWrite::DeleteSigningKey(kid) => (SIGNING_KEY, kid, None, None),
                 AuthWrite::DeleteCredential(id) => (CREDENTIAL, id, None, None),
+                AuthWrite::Identity(i) => (
+                    IDENTITY,
+                    i.agent_id.clone(),
+                    Some(doc("agent keys", &i)?),
+                    None,
+                ),
+                AuthWrite::DeleteIdentity(id) => (IDENTITY, id, None, None),
                 AuthWrite::PruneRevoked(before) => {
                     sqlx::query("DELETE FROM auth_objects WHERE kind = ?1 AND expires_at < ?2")
                         .bind(REVOKED)
