@@ -601,3 +601,194 @@ async fn the_gateway_webhooks_and_hooks_from_the_shell() {
     let r = http.get(hub.url("/sh/echo/x")).send().await.expect("send");
     assert_eq!(r.status(), 404);
 }
+
+/// Runs the CLI as an agent (its token) with more control over input.
+async fn cli_as(hub: &str, token: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(bin())
+        .arg("--hub")
+        .arg(hub)
+        .env("SWITCHBOARD_TOKEN", token)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cli");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).await.expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().await.expect("cli output")
+}
+
+/// Two agents make keys, register them and talk sealed end to end from
+/// the shell; secrets go into the vault and out only to the agent they
+/// are granted to.
+#[tokio::test]
+async fn keys_sealed_messages_and_secrets_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key_file = dir.path().join("master.keys");
+    let o = cli("http://127.0.0.1:9", &["vault", "keygen"]).await;
+    assert!(o.status.success(), "{o:?}");
+    let line = stdout(&o);
+    assert_eq!(line.trim().len(), 44, "a base64 256-bit key: {line}");
+    std::fs::write(&key_file, &line).expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let data = dir.path().join("data");
+    let key_arg = key_file.to_str().expect("utf-8");
+    let hub = HubProcess::spawn(bin(), &data, &["--master-key-file", key_arg])
+        .await
+        .expect("spawn");
+    let url = hub.url("");
+    let mut tokens = Vec::new();
+    for id in ["alice", "bob"] {
+        let o = cli(
+            &url,
+            &[
+                "--json", "agents", "register", "--id", id, "--type", "worker",
+            ],
+        )
+        .await;
+        assert!(o.status.success(), "{o:?}");
+        let body: Value = serde_json::from_slice(&o.stdout).expect("json");
+        let secret = body["credentials"]["client_secret"]
+            .as_str()
+            .expect("secret");
+        let o = cli(
+            &url,
+            &[
+                "auth",
+                "token",
+                "--client-id",
+                id,
+                "--client-secret",
+                secret,
+            ],
+        )
+        .await;
+        assert!(o.status.success(), "{o:?}");
+        tokens.push(stdout(&o).trim().to_owned());
+    }
+    let (alice, bob) = (tokens[0].as_str(), tokens[1].as_str());
+    let path = |n: &str| dir.path().join(n).to_str().expect("utf-8").to_owned();
+    for (id, token) in [("alice", alice), ("bob", bob)] {
+        let file = path(&format!("{id}.key"));
+        let o = cli_as(
+            &url,
+            token,
+            &["keys", "generate", "--agent", id, "-o", &file],
+            None,
+        )
+        .await;
+        assert!(o.status.success(), "{o:?}");
+        assert!(stdout(&o).contains("fingerprint SHA256:"), "{o:?}");
+        let o = cli_as(&url, token, &["keys", "register", "-k", &file], None).await;
+        assert!(o.status.success(), "{o:?}");
+        assert!(stdout(&o).contains("current"), "{o:?}");
+    }
+    // Generating over a key file needs --force.
+    let o = cli_as(
+        &url,
+        alice,
+        &[
+            "keys",
+            "generate",
+            "--agent",
+            "alice",
+            "-o",
+            &path("alice.key"),
+        ],
+        None,
+    )
+    .await;
+    assert!(!o.status.success());
+
+    // Bob answers one sealed request with a shell command.
+    let bob_key = path("bob.key");
+    let responder = {
+        let (url, bob, bob_key) = (url.clone(), bob.to_owned(), bob_key.clone());
+        tokio::spawn(async move {
+            cli_as(
+                &url,
+                &bob,
+                &[
+                    "subscribe",
+                    "--decrypt",
+                    "-k",
+                    &bob_key,
+                    "--reply-with",
+                    "tr a-z A-Z",
+                    "--count",
+                    "1",
+                ],
+                None,
+            )
+            .await
+        })
+    };
+    let o = cli_as(
+        &url,
+        alice,
+        &[
+            "request",
+            "--encrypt",
+            "-k",
+            &path("alice.key"),
+            "--to",
+            "bob",
+            "--data",
+            "sealed hello",
+            "--timeout-ms",
+            "20000",
+        ],
+        None,
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "SEALED HELLO");
+    let b = tokio::time::timeout(std::time::Duration::from_secs(20), responder)
+        .await
+        .expect("bob finished")
+        .expect("join");
+    assert!(b.status.success(), "{b:?}");
+    assert!(
+        stdout(&b).contains("request from alice (verified): sealed hello"),
+        "{b:?}"
+    );
+
+    // Alice rotates her keys; the directory shows the history.
+    let o = cli_as(
+        &url,
+        alice,
+        &["keys", "rotate", "-k", &path("alice.key")],
+        None,
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    let o = cli_as(&url, bob, &["keys", "list", "alice"], None).await;
+    let out = stdout(&o);
+    assert!(out.contains("rotated") && out.contains("current"), "{out}");
+
+    // A secret from standard input, for Alice only.
+    let o = cli_as(
+        &url,
+        switchboard_test::ADMIN_TOKEN,
+        &["secrets", "put", "api-token", "--agent", "alice"],
+        Some("tok-123\n"),
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    let o = cli_as(&url, alice, &["secrets", "get", "api-token"], None).await;
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o), "tok-123\n");
+    let o = cli_as(&url, bob, &["secrets", "get", "api-token"], None).await;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("403"), "{o:?}");
+    let o = cli(&url, &["vault", "status"]).await;
+    assert!(stdout(&o).contains("state: ready"), "{o:?}");
+}
