@@ -87,6 +87,9 @@ enum Scenario {
     AuthOverhead,
     /// The gateway against nginx and HAProxy as reverse proxies.
     Proxy,
+    /// Sealed messages: seal and open per message, and request-response
+    /// sealed against plain text.
+    Seal,
     /// The `proxy` scenario's upstream server (started by the scenario).
     #[value(hide = true)]
     Upstream,
@@ -148,6 +151,9 @@ fn main() -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::All | Scenario::Proxy) {
             sections.push(scenarios::proxy::run(&settings).await?);
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::Seal) {
+            sections.push(scenarios::seal::run(&settings).await?);
         }
         anyhow::Ok(())
     })?;

@@ -26,6 +26,10 @@ pub const CHALLENGE_TTL_MS: i64 = 5 * 60 * 1000;
 /// Challenges open at once per agent; a new one beyond this replaces the
 /// oldest.
 const CHALLENGES_PER_AGENT: usize = 8;
+/// Sealed message ids the hub remembers (about 150 bytes each); under a
+/// load that fills it within the window, messages older than the oldest
+/// remembered one are refused as expired.
+const ROUTED_IDS: usize = 200_000;
 
 /// Where a key pair is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,7 +376,7 @@ impl Auth {
         let now = self.now();
         self.identities()
             .routed
-            .get_or_insert_with(|| switchboard_seal::ReplayGuard::new(window))
+            .get_or_insert_with(|| switchboard_seal::ReplayGuard::with_capacity(window, ROUTED_IDS))
             .check(&msg.from, &msg.id, msg.sent_at, now)
     }
 

@@ -7,21 +7,35 @@ use crate::SealError;
 /// Refuses a message sent outside `window` of now, or one (sender, id)
 /// already accepted. Remembers accepted ids only as long as their
 /// `sent_at` is inside the window: an older copy is refused by its time.
+/// Memory is bounded too: past `capacity` ids the oldest are forgotten,
+/// and from then on nothing sent before the newest forgotten one is
+/// accepted (refused as expired), so a forgotten id cannot come back.
 #[derive(Debug)]
 pub struct ReplayGuard {
     window_ms: i64,
+    capacity: usize,
     seen: HashMap<(String, String), i64>,
     order: VecDeque<(i64, String, String)>,
+    /// Messages sent at or before this are refused: ids this old may have
+    /// been forgotten to keep within `capacity`.
+    floor_ms: i64,
 }
 
 impl ReplayGuard {
     /// A guard accepting messages sent up to `window_ms` before or after
     /// now.
     pub fn new(window_ms: i64) -> Self {
+        Self::with_capacity(window_ms, usize::MAX)
+    }
+
+    /// The same, remembering at most `capacity` ids.
+    pub fn with_capacity(window_ms: i64, capacity: usize) -> Self {
         Self {
             window_ms: window_ms.max(1),
+            capacity: capacity.max(1),
             seen: HashMap::new(),
             order: VecDeque::new(),
+            floor_ms: i64::MIN,
         }
     }
 
@@ -34,7 +48,7 @@ impl ReplayGuard {
         now_ms: i64,
     ) -> Result<(), SealError> {
         self.forget_before(now_ms - self.window_ms);
-        if (sent_at_ms - now_ms).abs() > self.window_ms {
+        if (sent_at_ms - now_ms).abs() > self.window_ms || sent_at_ms <= self.floor_ms {
             return Err(SealError::OutsideWindow {
                 sent_at_ms,
                 now_ms,
@@ -51,6 +65,13 @@ impl ReplayGuard {
         self.seen.insert(key, sent_at_ms);
         self.order
             .push_back((sent_at_ms, from.to_owned(), id.to_owned()));
+        while self.seen.len() > self.capacity {
+            let Some((at, from, id)) = self.order.pop_front() else {
+                break;
+            };
+            self.seen.remove(&(from, id));
+            self.floor_ms = self.floor_ms.max(at);
+        }
         Ok(())
     }
 

@@ -158,6 +158,33 @@ fn the_replay_guard_refuses_repeats_and_stale_messages() {
 }
 
 #[test]
+fn a_full_replay_guard_forgets_the_oldest_and_refuses_what_it_forgot() {
+    let mut g = ReplayGuard::with_capacity(60_000, 2);
+    g.check("a", "1", 1_000, 1_000).expect("1");
+    g.check("a", "2", 2_000, 2_000).expect("2");
+    g.check("a", "3", 3_000, 3_000).expect("3");
+    assert_eq!(g.len(), 2);
+    // Id 1 is forgotten, but its copy is refused by time, as is anything
+    // sent as early.
+    assert_eq!(
+        g.check("a", "1", 1_000, 3_500)
+            .expect_err("forgotten")
+            .code(),
+        "MESSAGE_EXPIRED"
+    );
+    assert_eq!(
+        g.check("b", "9", 900, 3_500).expect_err("as old").code(),
+        "MESSAGE_EXPIRED"
+    );
+    assert_eq!(
+        g.check("a", "2", 2_000, 3_500).expect_err("kept").code(),
+        "MESSAGE_REPLAYED"
+    );
+    g.check("b", "4", 2_500, 3_500)
+        .expect("newer than the forgotten");
+}
+
+#[test]
 fn key_files_round_trip_and_catch_a_mismatch() {
     let keys = AgentKeys::generate("agent-7").expect("keys");
     let file = keys.to_file();
