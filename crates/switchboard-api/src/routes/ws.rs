@@ -102,9 +102,18 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     caller: Caller,
+    extensions: axum::http::Extensions,
     ws: WebSocketUpgrade,
 ) -> Response {
     let cfg = state.config.clone();
+    let origin = Origin {
+        source: extensions
+            .get::<axum::extract::ConnectInfo<crate::access::ClientAddr>>()
+            .map_or_else(String::new, |c| c.0.addr.ip().to_string()),
+        correlation: extensions
+            .get::<crate::context::RequestContext>()
+            .map_or_else(String::new, |c| c.correlation_id.to_string()),
+    };
     // Small buffers: a hub holds many idle connections, and tungstenite's
     // defaults (128 KiB each way) would dominate its memory.
     ws.read_buffer_size(1024)
@@ -120,7 +129,11 @@ pub(crate) async fn upgrade(
                 cfg,
                 state.shutdown.clone(),
                 caller,
-                state.auth.clone(),
+                Guard {
+                    auth: state.auth.clone(),
+                    metrics: state.metrics.clone(),
+                    origin,
+                },
             )
         })
 }
@@ -192,8 +205,8 @@ struct Conn {
     out: mpsc::Sender<Message>,
     subs: HashMap<String, JoinHandle<()>>,
     caller: Caller,
-    /// Checks sealed messages the caller publishes.
-    auth: switchboard_auth::Auth,
+    /// Checks sealed messages; counts and audits refusals.
+    guard: Guard,
     /// Groups this connection's caller was found allowed to use.
     allowed_groups: HashSet<String>,
 }
@@ -227,9 +240,48 @@ fn error_frame(reference: Option<&str>, code: &str, message: &str, errors: Value
     }))
 }
 
-/// The error frame for a refused operation.
-fn refused(reference: Option<&str>, e: &ApiError) -> Message {
-    error_frame(reference, e.code(), e.detail(), Value::Null)
+/// Where a connection came from, for the audit log.
+struct Origin {
+    source: String,
+    correlation: String,
+}
+
+/// What a connection needs to check sealed messages and to count and
+/// audit the operations it refuses, as the access layer does for routes.
+struct Guard {
+    auth: switchboard_auth::Auth,
+    metrics: switchboard_telemetry::Metrics,
+    origin: Origin,
+}
+
+impl Conn {
+    /// The error frame for a refused operation; a refusal of permission
+    /// (403) is counted and audited, as on any route.
+    fn refused(&self, reference: Option<&str>, op: &str, e: &ApiError) -> Message {
+        if e.status() == axum::http::StatusCode::FORBIDDEN {
+            self.guard.metrics.access_denied();
+            let p = self.caller.principal();
+            let entry = switchboard_auth::AuditEntry {
+                at: chrono::Utc::now().timestamp_millis(),
+                principal: p.map_or_else(|| "anonymous".to_owned(), |p| p.id.to_string()),
+                principal_kind: p.map_or("anonymous", |p| p.kind.as_str()).to_owned(),
+                action: format!("WS {op}"),
+                resource: "/ws".to_owned(),
+                outcome: 403,
+                reason: e.code().to_owned(),
+                source: self.guard.origin.source.clone(),
+                correlation_id: self.guard.origin.correlation.clone(),
+            };
+            let (auth, metrics) = (self.guard.auth.clone(), self.guard.metrics.clone());
+            tokio::spawn(async move {
+                if let Err(error) = auth.audit().record(entry).await {
+                    metrics.audit_failure();
+                    tracing::error!(%error, "an audit record was lost");
+                }
+            });
+        }
+        error_frame(reference, e.code(), e.detail(), Value::Null)
+    }
 }
 
 async fn connection(
@@ -239,7 +291,7 @@ async fn connection(
     cfg: ApiConfig,
     shutdown: CancellationToken,
     caller: Caller,
-    auth: switchboard_auth::Auth,
+    guard: Guard,
 ) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbound) = mpsc::channel::<Message>(OUTBOUND);
@@ -252,7 +304,7 @@ async fn connection(
         out,
         subs: HashMap::new(),
         caller,
-        auth,
+        guard,
         allowed_groups: HashSet::new(),
     };
     let beat = cfg.ws_heartbeat_interval;
@@ -345,7 +397,7 @@ impl Conn {
         | Request::InProgress { group, .. } = &req
             && let Err(e) = self.allow_group(group).await
         {
-            return now(Some(refused(None, &e)));
+            return now(Some(self.refused(None, "settle", &e)));
         }
         let reply = match req {
             Request::Ping => text(&json!({"op": "pong"})),
@@ -446,7 +498,7 @@ impl Conn {
             );
         }
         if let Err(e) = self.allow_group(&group).await {
-            return refused(Some(&id), &e);
+            return self.refused(Some(&id), "consume", &e);
         }
         let defaults = ConsumerSpec::default();
         let spec = ConsumerSpec {
@@ -587,7 +639,7 @@ impl Conn {
         if errs.is_empty()
             && let Err(e) = self.caller.may_subscribe_all(&patterns)
         {
-            return refused(Some(&id), &e);
+            return self.refused(Some(&id), "subscribe", &e);
         }
         if let Err(errors) = errs.finish() {
             return error_frame(
@@ -702,8 +754,9 @@ impl Conn {
             }
         };
         if !self.caller.can(switchboard_auth::Scope::EventsPublish) {
-            return Err(refused(
+            return Err(self.refused(
                 r,
+                "publish",
                 &ApiError::forbidden("publishing needs the scope events:publish"),
             ));
         }
@@ -717,8 +770,8 @@ impl Conn {
         })?;
         for e in &mut events {
             self.caller
-                .stamp_publish(&self.auth, e)
-                .map_err(|e| refused(r, &e))?;
+                .stamp_publish(&self.guard.auth, e)
+                .map_err(|e| self.refused(r, "publish", &e))?;
         }
         Ok(events)
     }

@@ -1033,6 +1033,27 @@ async fn agents_stay_within_their_own_resources() {
         (Some("error"), Some("FORBIDDEN")),
         "{f}"
     );
+    // Those refusals are audited and counted like a route's.
+    eventually(
+        Duration::from_secs(5),
+        "WebSocket refusals audited",
+        || async {
+            let page = hub
+                .get_json("/api/v1/audit?principal=own-a&limit=1000")
+                .await;
+            let actions: Vec<String> = page["records"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["outcome"] == 403 && r["resource"] == "/ws")
+                .filter_map(|r| r["action"].as_str().map(str::to_owned))
+                .collect();
+            (actions.contains(&"WS subscribe".to_owned())
+                && actions.contains(&"WS publish".to_owned()))
+            .then_some(())
+        },
+    )
+    .await
+    .expect("audited");
     crate::ws::send(
         &mut ws,
         json!({"op": "subscribe", "id": "s2", "topics": ["inbox.own-a"]}),
