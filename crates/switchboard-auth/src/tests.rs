@@ -24,6 +24,7 @@ impl AuthStore for MemStore {
             api_keys: s.api_keys.clone(),
             credentials: s.credentials.clone(),
             revoked: s.revoked.clone(),
+            identities: s.identities.clone(),
         })
     }
 
@@ -45,6 +46,11 @@ impl AuthStore for MemStore {
                     s.credentials.push(c);
                 }
                 AuthWrite::DeleteCredential(id) => s.credentials.retain(|x| x.agent_id != id),
+                AuthWrite::Identity(i) => {
+                    s.identities.retain(|x| x.agent_id != i.agent_id);
+                    s.identities.push(i);
+                }
+                AuthWrite::DeleteIdentity(id) => s.identities.retain(|x| x.agent_id != id),
                 AuthWrite::Revoke(r) => s.revoked.push(r),
                 AuthWrite::PruneRevoked(before) => s.revoked.retain(|r| r.expires_at >= before),
             }

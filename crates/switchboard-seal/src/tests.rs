@@ -53,7 +53,8 @@ fn any_change_breaks_the_signature() {
         SealedMessage::seal(&alice, bob.public(), meta("alice", "bob"), b"pay 10").expect("seal");
     let mut ct = unb64("ciphertext", &sealed.ciphertext).expect("b64");
     ct[0] ^= 1;
-    let changes: Vec<(&str, Box<dyn Fn(&mut SealedMessage)>)> = vec![
+    type Change = Box<dyn Fn(&mut SealedMessage)>;
+    let changes: Vec<(&str, Change)> = vec![
         ("ciphertext", Box::new(move |m| m.ciphertext = b64(&ct))),
         ("id", Box::new(|m| m.id = "m-2".into())),
         ("kind", Box::new(|m| m.kind = Kind::Reply)),
