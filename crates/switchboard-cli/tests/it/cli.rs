@@ -708,7 +708,9 @@ async fn keys_sealed_messages_and_secrets_from_the_shell() {
     .await;
     assert!(!o.status.success());
 
-    // Bob answers one sealed request with a shell command.
+    // Bob answers one sealed request with a shell command, reading his
+    // inbox from its start: the request cannot slip past before his
+    // subscription opens.
     let bob_key = path("bob.key");
     let responder = {
         let (url, bob, bob_key) = (url.clone(), bob.to_owned(), bob_key.clone());
@@ -723,6 +725,8 @@ async fn keys_sealed_messages_and_secrets_from_the_shell() {
                     &bob_key,
                     "--reply-with",
                     "tr a-z A-Z",
+                    "--after",
+                    "0",
                     "--count",
                     "1",
                 ],
