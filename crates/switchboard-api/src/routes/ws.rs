@@ -43,23 +43,23 @@
 //! the hub closes the connection (1008); reconnect with a fresh token and
 //! resume with `after`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
-use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink};
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use switchboard_bus::groups::{ConsumerSpec, Groups, Outcome};
 use switchboard_bus::{Bus, BusError, Filter, Pattern, Start, SubscriptionSpec};
 use switchboard_core::FieldErrors;
 use switchboard_wire::PublishEvent;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -68,10 +68,15 @@ use crate::convert;
 use crate::error::ApiError;
 use crate::state::{ApiConfig, AppState};
 
-/// Frames waiting to be written to one connection; a subscription whose
-/// events cannot be written waits, fills its own buffer, and is then
-/// caught up from the log.
-const OUTBOUND: usize = 64;
+/// Frames written to the socket at once before a flush: a subscriber
+/// that is behind gets its events in few writes, not one each. A
+/// subscription whose events cannot be written (the client reads too
+/// slowly) fills its own buffer in the bus and is then caught up from the
+/// log.
+const WRITE_BATCH: usize = 64;
+/// Bytes of frames the WebSocket gathers before writing them to the
+/// socket; every batch is flushed, so this bounds a write, not a delay.
+const WRITE_BUFFER: usize = 16 * 1024;
 /// Frames read ahead of their answers (publishes waiting for a commit):
 /// a client may pipeline this many before the hub stops reading.
 const PIPELINE: usize = 256;
@@ -117,8 +122,8 @@ pub(crate) async fn upgrade(
     // Small buffers: a hub holds many idle connections, and tungstenite's
     // defaults (128 KiB each way) would dominate its memory.
     ws.read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(cfg.max_body_bytes * 2)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + cfg.max_body_bytes * 2)
         .max_message_size(cfg.max_body_bytes)
         .max_frame_size(cfg.max_body_bytes)
         .on_upgrade(move |socket| {
@@ -202,8 +207,11 @@ struct Conn {
     /// queued: the next one queues after it.
     publish_order: Option<oneshot::Receiver<()>>,
     groups: Groups,
-    out: mpsc::Sender<Message>,
-    subs: HashMap<String, JoinHandle<()>>,
+    /// Subscriptions and consumers, polled by the connection's own task.
+    feeds: Feeds,
+    /// Answers that come later, in no particular order (a refused
+    /// acknowledgement).
+    notices: FuturesUnordered<Pin<Box<dyn Future<Output = Option<Message>> + Send>>>,
     caller: Caller,
     /// Checks sealed messages; counts and audits refusals.
     guard: Guard,
@@ -211,12 +219,85 @@ struct Conn {
     allowed_groups: HashSet<String>,
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        for (_, task) in self.subs.drain() {
-            task.abort();
+/// Frames one subscription or consumer has for the client.
+type FrameStream = Pin<Box<dyn Stream<Item = Message> + Send>>;
+
+/// A connection's subscriptions and consumers by id, each a stream of
+/// frames. They run on the connection's task (no task of their own), so
+/// a subscriber costs one allocation and its frames no hand-over between
+/// tasks; polled in turn, so a busy one does not starve the others.
+#[derive(Default)]
+struct Feeds {
+    /// `None` once the stream has ended (the hub is shutting down); the id
+    /// stays taken until the client unsubscribes.
+    entries: Vec<(String, Option<FrameStream>)>,
+    /// Where the next poll starts.
+    turn: usize,
+}
+
+impl Feeds {
+    fn contains(&self, id: &str) -> bool {
+        self.entries.iter().any(|(k, _)| k == id)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn insert(&mut self, id: String, frames: FrameStream) {
+        self.entries.push((id, Some(frames)));
+    }
+
+    /// Ends the subscription or consumer `id`; false when there is none.
+    fn remove(&mut self, id: &str) -> bool {
+        let Some(i) = self.entries.iter().position(|(k, _)| k == id) else {
+            return false;
+        };
+        self.entries.swap_remove(i);
+        true
+    }
+}
+
+impl Stream for Feeds {
+    type Item = Message;
+
+    /// The next frame of any feed; pending (never ended) when none has one.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let n = self.entries.len();
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            let Some(frames) = self.entries[i].1.as_mut() else {
+                continue;
+            };
+            match frames.as_mut().poll_next(cx) {
+                Poll::Ready(Some(m)) => {
+                    self.turn = i + 1;
+                    return Poll::Ready(Some(m));
+                }
+                Poll::Ready(None) => self.entries[i].1 = None,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Writes `first` and whatever else `more` has ready (up to
+/// [`WRITE_BATCH`] frames), then flushes once.
+async fn write_batch<S>(sink: &mut Sink, first: Message, more: &mut S) -> Result<(), axum::Error>
+where
+    S: Stream<Item = Message> + Unpin,
+{
+    sink.feed(first).await?;
+    for _ in 1..WRITE_BATCH {
+        match more.next().now_or_never() {
+            Some(Some(m)) => sink.feed(m).await?,
+            _ => break,
         }
     }
+    sink.flush().await
 }
 
 fn text(v: &Value) -> Message {
@@ -294,15 +375,14 @@ async fn connection(
     guard: Guard,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let (out, mut outbound) = mpsc::channel::<Message>(OUTBOUND);
     let expiry = caller.expiry();
     tokio::pin!(expiry);
     let mut conn = Conn {
         bus,
         publish_order: None,
         groups,
-        out,
-        subs: HashMap::new(),
+        feeds: Feeds::default(),
+        notices: FuturesUnordered::new(),
         caller,
         guard,
         allowed_groups: HashSet::new(),
@@ -321,7 +401,8 @@ async fn connection(
         tokio::select! {
             // Answers go out in the order the frames came in.
             Some(reply) = replies.next(), if !replies.is_empty() => {
-                if sink.send(reply).await.is_err() {
+                // Answers already known go out in the same write.
+                if write_batch(&mut sink, reply, &mut replies).await.is_err() {
                     break;
                 }
             }
@@ -350,8 +431,15 @@ async fn connection(
                     }
                 }
             }
-            Some(msg) = outbound.recv() => {
-                if sink.send(msg).await.is_err() {
+            Some(frame) = conn.feeds.next() => {
+                if write_batch(&mut sink, frame, &mut conn.feeds).await.is_err() {
+                    break;
+                }
+            }
+            Some(notice) = conn.notices.next(), if !conn.notices.is_empty() => {
+                if let Some(frame) = notice
+                    && sink.send(frame).await.is_err()
+                {
                     break;
                 }
             }
@@ -408,12 +496,9 @@ impl Conn {
                 after,
                 from_time,
             } => self.subscribe(id, topics, filter, after, from_time),
-            Request::Unsubscribe { id } => match self.subs.remove(&id) {
-                Some(task) => {
-                    task.abort();
-                    text(&json!({"op": "unsubscribed", "id": id}))
-                }
-                None => error_frame(
+            Request::Unsubscribe { id } => match self.feeds.remove(&id) {
+                true => text(&json!({"op": "unsubscribed", "id": id})),
+                false => error_frame(
                     Some(&id),
                     "UNKNOWN_SUBSCRIPTION",
                     "no subscription with this id on this connection",
@@ -469,10 +554,10 @@ impl Conn {
     fn check_sub_id(&self, id: &str, errs: &mut FieldErrors) {
         if id.is_empty() || id.len() > 128 {
             errs.push("id", "must be 1 to 128 characters");
-        } else if self.subs.contains_key(id) {
+        } else if self.feeds.contains(id) {
             errs.push("id", "is already a subscription on this connection");
         }
-        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+        if self.feeds.len() >= MAX_SUBSCRIPTIONS {
             errs.push(
                 "id",
                 format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
@@ -505,7 +590,7 @@ impl Conn {
             priority: priority.unwrap_or(defaults.priority),
             max_in_flight: max_in_flight.unwrap_or(defaults.max_in_flight),
         };
-        let mut consumer = match self.groups.consume(&group, spec).await {
+        let consumer = match self.groups.consume(&group, spec).await {
             Ok(c) => c,
             Err(BusError::Invalid(errors)) => {
                 return error_frame(
@@ -527,25 +612,21 @@ impl Conn {
                 );
             }
         };
-        let out = self.out.clone();
-        let sub_id = id.clone();
-        let task = tokio::spawn(async move {
-            while let Some(d) = consumer.next().await {
-                let frame = json!({
-                    "op": "delivery",
-                    "sub": sub_id,
-                    "group": &*d.group,
-                    "offset": d.offset,
-                    "attempt": d.attempt,
-                    "deadline": convert::time(d.deadline),
-                    "event": convert::cloud_event((*d.event).clone()),
-                });
-                if out.send(text(&frame)).await.is_err() {
-                    break;
-                }
-            }
+        let state = (consumer, id.clone());
+        let frames = futures_util::stream::unfold(state, |(mut consumer, sub_id)| async move {
+            let d = consumer.next().await?;
+            let frame = json!({
+                "op": "delivery",
+                "sub": &sub_id,
+                "group": &*d.group,
+                "offset": d.offset,
+                "attempt": d.attempt,
+                "deadline": convert::time(d.deadline),
+                "event": convert::cloud_event((*d.event).clone()),
+            });
+            Some((text(&frame), (consumer, sub_id)))
         });
-        self.subs.insert(id.clone(), task);
+        self.feeds.insert(id.clone(), Box::pin(frames));
         text(&json!({"op": "consuming", "id": id, "group": group}))
     }
 
@@ -572,8 +653,7 @@ impl Conn {
             }
         };
         let groups = self.groups.clone();
-        let out = self.out.clone();
-        tokio::spawn(async move {
+        self.notices.push(Box::pin(async move {
             let frame = match groups.settle_many(&group, list.clone(), outcome).await {
                 Ok(results) => {
                     let refused: Vec<u64> = list
@@ -583,7 +663,7 @@ impl Conn {
                         .map(|(o, _)| o)
                         .collect();
                     if refused.is_empty() {
-                        return;
+                        return None;
                     }
                     text(&json!({
                         "op": "error",
@@ -604,8 +684,8 @@ impl Conn {
                     Value::Null,
                 ),
             };
-            let _ = out.send(frame).await;
-        });
+            Some(frame)
+        }));
         None
     }
 
@@ -659,33 +739,27 @@ impl Conn {
             (None, Some(t)) => Start::Time(t.timestamp_millis()),
             (None, None) => Start::Now,
         };
-        let mut sub = self.bus.subscribe(SubscriptionSpec {
+        let sub = self.bus.subscribe(SubscriptionSpec {
             patterns,
             filter,
             start,
         });
-        let out = self.out.clone();
-        let sub_id = id.clone();
-        let task = tokio::spawn(async move {
-            // The event's JSON is rendered once and shared by every
-            // subscriber; only the frame around it is made here.
-            let head = format!(r#"{{"op":"event","sub":{},"event":"#, Value::String(sub_id));
-            while let Ok(e) = sub.next().await {
-                let body = convert::cloud_event_json(&e);
-                let mut frame = String::with_capacity(head.len() + body.len() + 1);
-                frame.push_str(&head);
-                frame.push_str(&body);
-                frame.push('}');
-                if out
-                    .send(Message::Text(Utf8Bytes::from(frame)))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
+        // The event's JSON is rendered once and shared by every
+        // subscriber; only the frame around it is made here.
+        let head = format!(
+            r#"{{"op":"event","sub":{},"event":"#,
+            Value::String(id.clone())
+        );
+        let frames = futures_util::stream::unfold((sub, head), |(mut sub, head)| async move {
+            let e = sub.next().await.ok()?;
+            let body = convert::cloud_event_json(&e);
+            let mut frame = String::with_capacity(head.len() + body.len() + 1);
+            frame.push_str(&head);
+            frame.push_str(&body);
+            frame.push('}');
+            Some((Message::Text(Utf8Bytes::from(frame)), (sub, head)))
         });
-        self.subs.insert(id.clone(), task);
+        self.feeds.insert(id.clone(), Box::pin(frames));
         text(&json!({"op": "subscribed", "id": id}))
     }
 
