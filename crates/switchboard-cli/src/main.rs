@@ -125,7 +125,31 @@ enum Command {
     Vault(vault::VaultCommand),
 }
 
+/// Exit code when the reader of our output went away (`| head`), as a
+/// process killed by SIGPIPE reports it in a shell (128 + 13).
+const EXIT_PIPE_CLOSED: i32 = 141;
+
+/// A command whose output is piped into a reader that stops early (`|
+/// head`) ends quietly, as Unix tools do, instead of reporting the failed
+/// write as a crash. Every other panic is reported as usual.
+fn exit_quietly_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(EXIT_PIPE_CLOSED);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -796,3 +796,21 @@ async fn keys_sealed_messages_and_secrets_from_the_shell() {
     let o = cli(&url, &["vault", "status"]).await;
     assert!(stdout(&o).contains("state: ready"), "{o:?}");
 }
+
+/// Output piped into a reader that has gone (`switchboard … | head`) ends
+/// the command quietly with the shell's code for a closed pipe, not with a
+/// panic report.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let o = std::process::Command::new(bin())
+        .args(["vault", "keygen"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run cli");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
