@@ -56,10 +56,27 @@ impl Hub {
         })
     }
 
+    /// The CPU time the hub has used so far (user and system), from /proc.
+    pub(crate) fn cpu_time(&self) -> Option<std::time::Duration> {
+        cpu_time(self.child.id()?)
+    }
+
     /// The hub's resident memory in KiB, from /proc.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
         rss_kib(self.child.id()?)
     }
+}
+
+/// A process's CPU time (user and system), from /proc: fields 14 and 15
+/// of `/proc/<pid>/stat`, in clock ticks of 1/100 s (`USER_HZ` on Linux).
+pub(crate) fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields are counted after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(std::time::Duration::from_millis((utime + stime) * 10))
 }
 
 /// A process's resident memory in KiB, from /proc.
