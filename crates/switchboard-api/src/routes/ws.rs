@@ -226,31 +226,52 @@ type FrameStream = Pin<Box<dyn Stream<Item = Message> + Send>>;
 /// frames. They run on the connection's task (no task of their own), so
 /// a subscriber costs one allocation and its frames no hand-over between
 /// tasks; polled in turn, so a busy one does not starve the others.
+///
+/// A feed stays shut until the answer to the frame that made it
+/// (`subscribed`, `consuming`) is written, so its first event never
+/// overtakes that answer, even behind pipelined publishes still waiting
+/// for their commit.
 #[derive(Default)]
 struct Feeds {
-    /// `None` once the stream has ended (the hub is shutting down); the id
-    /// stays taken until the client unsubscribes.
-    entries: Vec<(String, Option<FrameStream>)>,
+    entries: Vec<Feed>,
     /// Where the next poll starts.
     turn: usize,
+    /// Answers handed to the writer so far, and answers written.
+    answers_queued: usize,
+    answers_written: usize,
+}
+
+struct Feed {
+    id: String,
+    /// Opens once this many answers are written: its own is the last.
+    opens_at: usize,
+    /// `None` once the stream has ended (the hub is shutting down); the id
+    /// stays taken until the client unsubscribes.
+    frames: Option<FrameStream>,
 }
 
 impl Feeds {
     fn contains(&self, id: &str) -> bool {
-        self.entries.iter().any(|(k, _)| k == id)
+        self.entries.iter().any(|f| f.id == id)
     }
 
     fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Adds a feed that opens once the answer to the frame being handled
+    /// (the next answer queued) is written.
     fn insert(&mut self, id: String, frames: FrameStream) {
-        self.entries.push((id, Some(frames)));
+        self.entries.push(Feed {
+            id,
+            opens_at: self.answers_queued + 1,
+            frames: Some(frames),
+        });
     }
 
     /// Ends the subscription or consumer `id`; false when there is none.
     fn remove(&mut self, id: &str) -> bool {
-        let Some(i) = self.entries.iter().position(|(k, _)| k == id) else {
+        let Some(i) = self.entries.iter().position(|f| f.id == id) else {
             return false;
         };
         self.entries.swap_remove(i);
@@ -261,12 +282,18 @@ impl Feeds {
 impl Stream for Feeds {
     type Item = Message;
 
-    /// The next frame of any feed; pending (never ended) when none has one.
+    /// The next frame of any open feed; pending (never ended) when none
+    /// has one.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let n = self.entries.len();
+        let written = self.answers_written;
         for k in 0..n {
             let i = (self.turn + k) % n;
-            let Some(frames) = self.entries[i].1.as_mut() else {
+            let feed = &mut self.entries[i];
+            if feed.opens_at > written {
+                continue;
+            }
+            let Some(frames) = feed.frames.as_mut() else {
                 continue;
             };
             match frames.as_mut().poll_next(cx) {
@@ -274,7 +301,7 @@ impl Stream for Feeds {
                     self.turn = i + 1;
                     return Poll::Ready(Some(m));
                 }
-                Poll::Ready(None) => self.entries[i].1 = None,
+                Poll::Ready(None) => feed.frames = None,
                 Poll::Pending => {}
             }
         }
@@ -285,19 +312,22 @@ impl Stream for Feeds {
 type Sink = SplitSink<WebSocket, Message>;
 
 /// Writes `first` and whatever else `more` has ready (up to
-/// [`WRITE_BATCH`] frames), then flushes once.
-async fn write_batch<S>(sink: &mut Sink, first: Message, more: &mut S) -> Result<(), axum::Error>
+/// [`WRITE_BATCH`] frames), then flushes once; how many frames it wrote.
+async fn write_batch<S>(sink: &mut Sink, first: Message, more: &mut S) -> Result<usize, axum::Error>
 where
     S: Stream<Item = Message> + Unpin,
 {
     sink.feed(first).await?;
-    for _ in 1..WRITE_BATCH {
+    let mut written = 1;
+    while written < WRITE_BATCH {
         match more.next().now_or_never() {
             Some(Some(m)) => sink.feed(m).await?,
             _ => break,
         }
+        written += 1;
     }
-    sink.flush().await
+    sink.flush().await?;
+    Ok(written)
 }
 
 fn text(v: &Value) -> Message {
@@ -402,8 +432,9 @@ async fn connection(
             // Answers go out in the order the frames came in.
             Some(reply) = replies.next(), if !replies.is_empty() => {
                 // Answers already known go out in the same write.
-                if write_batch(&mut sink, reply, &mut replies).await.is_err() {
-                    break;
+                match write_batch(&mut sink, reply, &mut replies).await {
+                    Ok(n) => conn.feeds.answers_written += n,
+                    Err(_) => break,
                 }
             }
             // Reading stops while too many answers are outstanding.
@@ -413,6 +444,7 @@ async fn connection(
                     Some(Ok(Message::Text(t))) => {
                         if let Some(reply) = conn.handle(t.as_str()).await {
                             replies.push_back(reply);
+                            conn.feeds.answers_queued += 1;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {

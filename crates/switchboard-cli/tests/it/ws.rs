@@ -325,3 +325,44 @@ async fn pipelined_publishes_are_answered_in_order() {
         .collect();
     assert_eq!(got, (0..300).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_subscription_s_events_follow_its_answer_even_behind_pipelined_publishes() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut ws = connect(&hub).await;
+    // Events already in the log, for the subscription to catch up on.
+    for i in 0..20 {
+        send(&mut ws, json!({"op": "publish", "ref": format!("old{i}"), "event": {"topic": "order.x", "data": {"i": i}}})).await;
+    }
+    for _ in 0..20 {
+        assert_eq!(recv(&mut ws).await["op"], "published");
+    }
+    // Publishes still waiting for their commit, then a subscription from
+    // the start of the log, in one burst: its catch-up is ready at once,
+    // but it must come after every answer before it and its own.
+    for i in 0..300 {
+        send(&mut ws, json!({"op": "publish", "ref": format!("new{i}"), "event": {"topic": "order.y", "data": {"i": i}}})).await;
+    }
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "s", "topics": ["order.x"], "after": 0}),
+    )
+    .await;
+    for i in 0..300 {
+        let f = recv(&mut ws).await;
+        assert_eq!(
+            (f["op"].clone(), f["ref"].clone()),
+            (json!("published"), json!(format!("new{i}"))),
+            "{f}"
+        );
+    }
+    assert_eq!(recv(&mut ws).await, json!({"op": "subscribed", "id": "s"}));
+    for i in 0..20 {
+        let f = recv(&mut ws).await;
+        assert_eq!(
+            (f["op"].clone(), f["event"]["data"]["i"].clone()),
+            (json!("event"), json!(i)),
+            "{f}"
+        );
+    }
+}
