@@ -8,10 +8,10 @@
 //! `max_concurrent_tasks`, so the hub gives it no more than it works on at
 //! once. `PRODUCERS` connections create the tasks, many at a time. HTTP/2
 //! lets one connection carry many requests, so the figure is the hub's,
-//! not the round trips of a client that waits for each answer. Each task's input carries its creation time, so
-//! create-to-claim latency is measured from the moment the create was sent
-//! to the moment the claim carrying it was answered (one process, one
-//! monotonic clock).
+//! not the round trips of a client that waits for each answer. Each
+//! task's input carries its creation time, so create-to-claim latency is
+//! measured from the moment the create was sent to the moment the claim
+//! carrying it was answered (one process, one monotonic clock).
 //!
 //! Phases, each `--seconds` long, on a fresh hub:
 //! 1. offered at a fixed rate (5,000 tasks/s; smoke: 100/s): the

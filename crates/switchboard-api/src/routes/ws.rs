@@ -277,6 +277,16 @@ impl Feeds {
         self.entries.swap_remove(i);
         true
     }
+
+    /// An answer was handed to the writer.
+    fn answer_queued(&mut self) {
+        self.answers_queued += 1;
+    }
+
+    /// `n` answers were written: the feeds they answered open.
+    fn answers_written(&mut self, n: usize) {
+        self.answers_written += n;
+    }
 }
 
 impl Stream for Feeds {
@@ -320,10 +330,10 @@ where
     sink.feed(first).await?;
     let mut written = 1;
     while written < WRITE_BATCH {
-        match more.next().now_or_never() {
-            Some(Some(m)) => sink.feed(m).await?,
-            _ => break,
-        }
+        let Some(Some(m)) = more.next().now_or_never() else {
+            break;
+        };
+        sink.feed(m).await?;
         written += 1;
     }
     sink.flush().await?;
@@ -433,7 +443,7 @@ async fn connection(
             Some(reply) = replies.next(), if !replies.is_empty() => {
                 // Answers already known go out in the same write.
                 match write_batch(&mut sink, reply, &mut replies).await {
-                    Ok(n) => conn.feeds.answers_written += n,
+                    Ok(n) => conn.feeds.answers_written(n),
                     Err(_) => break,
                 }
             }
@@ -444,7 +454,7 @@ async fn connection(
                     Some(Ok(Message::Text(t))) => {
                         if let Some(reply) = conn.handle(t.as_str()).await {
                             replies.push_back(reply);
-                            conn.feeds.answers_queued += 1;
+                            conn.feeds.answer_queued();
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {

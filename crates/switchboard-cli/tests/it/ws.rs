@@ -293,22 +293,13 @@ async fn silent_clients_are_closed_and_shutdown_closes_everyone() {
 async fn pipelined_publishes_are_answered_in_order() {
     let hub = TestHub::start().await.expect("hub");
     let mut ws = connect(&hub).await;
-    for i in 0..300 {
-        send(&mut ws, json!({"op": "publish", "ref": format!("r{i}"), "event": {"topic": "pipe.line", "data": {"i": i}}})).await;
-    }
+    publish_numbered(&mut ws, "r", "pipe.line", 300).await;
     send(&mut ws, json!({"op": "ping"})).await;
-    let mut last = 0;
-    for i in 0..300 {
-        let f = recv(&mut ws).await;
-        assert_eq!(
-            (f["op"].clone(), f["ref"].clone()),
-            (json!("published"), json!(format!("r{i}"))),
-            "{f}"
-        );
-        let offset = f["events"][0]["offset"].as_u64().expect("offset");
-        assert!(offset > last, "offsets in publish order");
-        last = offset;
-    }
+    let offsets = expect_published(&mut ws, "r", 300).await;
+    assert!(
+        offsets[0] > 0 && offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets in publish order: {offsets:?}"
+    );
     assert_eq!(
         recv(&mut ws).await["op"],
         "pong",
@@ -331,31 +322,18 @@ async fn a_subscription_s_events_follow_its_answer_even_behind_pipelined_publish
     let hub = TestHub::start().await.expect("hub");
     let mut ws = connect(&hub).await;
     // Events already in the log, for the subscription to catch up on.
-    for i in 0..20 {
-        send(&mut ws, json!({"op": "publish", "ref": format!("old{i}"), "event": {"topic": "order.x", "data": {"i": i}}})).await;
-    }
-    for _ in 0..20 {
-        assert_eq!(recv(&mut ws).await["op"], "published");
-    }
+    publish_numbered(&mut ws, "old", "order.x", 20).await;
+    expect_published(&mut ws, "old", 20).await;
     // Publishes still waiting for their commit, then a subscription from
     // the start of the log, in one burst: its catch-up is ready at once,
     // but it must come after every answer before it and its own.
-    for i in 0..300 {
-        send(&mut ws, json!({"op": "publish", "ref": format!("new{i}"), "event": {"topic": "order.y", "data": {"i": i}}})).await;
-    }
+    publish_numbered(&mut ws, "new", "order.y", 300).await;
     send(
         &mut ws,
         json!({"op": "subscribe", "id": "s", "topics": ["order.x"], "after": 0}),
     )
     .await;
-    for i in 0..300 {
-        let f = recv(&mut ws).await;
-        assert_eq!(
-            (f["op"].clone(), f["ref"].clone()),
-            (json!("published"), json!(format!("new{i}"))),
-            "{f}"
-        );
-    }
+    expect_published(&mut ws, "new", 300).await;
     assert_eq!(recv(&mut ws).await, json!({"op": "subscribed", "id": "s"}));
     for i in 0..20 {
         let f = recv(&mut ws).await;
@@ -365,4 +343,32 @@ async fn a_subscription_s_events_follow_its_answer_even_behind_pipelined_publish
             "{f}"
         );
     }
+}
+
+/// Sends `n` publish frames without waiting: refs `{prefix}0`, …, data
+/// `{"i": 0}`, … on `topic`.
+async fn publish_numbered(ws: &mut Ws, prefix: &str, topic: &str, n: i64) {
+    for i in 0..n {
+        send(
+            ws,
+            json!({"op": "publish", "ref": format!("{prefix}{i}"), "event": {"topic": topic, "data": {"i": i}}}),
+        )
+        .await;
+    }
+}
+
+/// Reads `n` answers that must be `published`, refs `{prefix}0`, … in
+/// order; the offset each one got.
+async fn expect_published(ws: &mut Ws, prefix: &str, n: i64) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    for i in 0..n {
+        let f = recv(ws).await;
+        assert_eq!(
+            (f["op"].clone(), f["ref"].clone()),
+            (json!("published"), json!(format!("{prefix}{i}"))),
+            "{f}"
+        );
+        offsets.push(f["events"][0]["offset"].as_u64().expect("offset"));
+    }
+    offsets
 }
