@@ -149,7 +149,7 @@ impl Gateway {
         let Some(permit) = inst.breaker().try_acquire(Instant::now()) else {
             return Err("its circuit breaker is open".into());
         };
-        let uri = inst.endpoint.uri(path).map_err(|e| e.to_string())?;
+        let uri = inst.endpoint.origin_form(path).map_err(|e| e.to_string())?;
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -157,7 +157,7 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         *req.headers_mut() = headers;
         let _in_flight = inst.start();
-        let resp = match state.client.request(req).await {
+        let resp = match state.client.request(inst, req).await {
             Ok(r) => r,
             Err(e) => {
                 self.record_outcome(

@@ -91,6 +91,9 @@ impl Gateway {
                         .unwrap_or_else(|| Arc::new(i))
                 })
                 .collect();
+            for i in &fresh {
+                i.conns.prune(self.0.config.pool_idle_timeout);
+            }
             *s.instances
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);

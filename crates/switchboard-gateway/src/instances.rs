@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::Uri;
 use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
 use switchboard_registry::{Agent, AgentStatus};
 
 use crate::balance::Candidate;
@@ -29,6 +29,8 @@ pub struct Endpoint {
     pub authority: Authority,
     /// The endpoint's path, without a trailing slash (`` for the root).
     pub base_path: String,
+    /// The `Host` header its requests carry.
+    pub host: HeaderValue,
 }
 
 impl Endpoint {
@@ -40,9 +42,11 @@ impl Endpoint {
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return None;
         }
+        let authority = uri.authority()?.clone();
         Some(Self {
             scheme,
-            authority: uri.authority()?.clone(),
+            host: HeaderValue::from_str(authority.as_str()).ok()?,
+            authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
         })
     }
@@ -54,6 +58,16 @@ impl Endpoint {
             .authority(self.authority.clone())
             .path_and_query(format!("{}{path_and_query}", self.base_path))
             .build()
+    }
+
+    /// The origin-form URI (path and query only) for `path_and_query`.
+    pub fn origin_form(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let path = if self.base_path.is_empty() {
+            http::uri::PathAndQuery::try_from(path_and_query)?
+        } else {
+            http::uri::PathAndQuery::try_from(format!("{}{path_and_query}", self.base_path))?
+        };
+        Ok(Uri::from(path))
     }
 }
 
@@ -92,6 +106,8 @@ pub struct Instance {
     outlier: Mutex<Outlier>,
     /// Its attempt counters, resolved on first use.
     pub(crate) counters: std::sync::OnceLock<switchboard_telemetry::GatewayCounters>,
+    /// Its idle plain HTTP/1.1 connections.
+    pub(crate) conns: crate::h1::ConnPool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,6 +167,7 @@ impl Instance {
             }),
             outlier: Mutex::new(Outlier::default()),
             counters: std::sync::OnceLock::new(),
+            conns: crate::h1::ConnPool::default(),
         }
     }
 

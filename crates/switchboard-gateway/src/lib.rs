@@ -12,6 +12,8 @@
 //! - [`retry`]: when to retry, and the retry budget.
 //! - `proxy`: forwarding one request (headers, bodies, upgrades, retries,
 //!   timeouts).
+//! - `h1`: plain HTTP/1.1 upstream connections driven by the request's
+//!   own task.
 //! - `aggregate`: fanning one request out to several instances.
 //! - `discovery`: keeping instance lists in step with the registry, and
 //!   the active health checker.
@@ -41,6 +43,7 @@ mod aggregate;
 pub mod balance;
 pub mod breaker;
 mod discovery;
+mod h1;
 pub mod instances;
 mod proxy;
 pub mod retry;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
@@ -28,6 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::h1::{Driven, PoolLimits, SendError};
 use crate::instances::{InFlight, Instance, serves};
 use crate::retry::idempotent;
 use crate::service::{Protocol, ServiceSpec};
@@ -36,9 +38,51 @@ use switchboard_telemetry::Outcome;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// One service's pool of upstream connections.
+/// How one service's instances are reached: plain HTTP/1.1 instances
+/// through connections of their own driven by each request's task
+/// ([`crate::h1`]); the rest (HTTP/2, `https`) and every protocol upgrade
+/// through hyper's pooled client.
 pub(crate) struct Upstream {
     client: Client<Connector, ProxyBody>,
+    /// Set when the service speaks HTTP/1.1.
+    plain: Option<PoolLimits>,
+}
+
+/// An upstream answer's body. It lives in the boxed body handed to the
+/// server, so the larger variant costs no extra allocation; boxing it would.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum UpBody {
+    Driven(Driven),
+    Pooled(hyper::body::Incoming),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Driven(b) => Pin::new(b).poll_frame(cx),
+            UpBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Driven(b) => b.is_end_stream(),
+            UpBody::Pooled(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Driven(b) => b.size_hint(),
+            UpBody::Pooled(b) => b.size_hint(),
+        }
+    }
 }
 
 impl Upstream {
@@ -85,16 +129,56 @@ impl Upstream {
         }
         Self {
             client: builder.build(connector),
+            plain: (spec.protocol == Protocol::Http1).then_some(PoolLimits {
+                connect_timeout: spec.timeouts.connect,
+                idle_timeout: config.pool_idle_timeout,
+                max_idle: config.pool_max_idle_per_host,
+            }),
         }
     }
-}
 
-impl Upstream {
+    /// Sends `req` (with an origin-form URI) to `inst`.
     pub(crate) async fn request(
         &self,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+        inst: &Instance,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpBody>, SendError> {
+        if let Some(limits) = &self.plain
+            && inst.endpoint.scheme == Scheme::HTTP
+        {
+            req.headers_mut()
+                .insert(header::HOST, inst.endpoint.host.clone());
+            let resp = inst
+                .conns
+                .send(&inst.endpoint.authority, req, limits)
+                .await?;
+            return Ok(resp.map(UpBody::Driven));
+        }
+        Ok(self.pooled(inst, req).await?.map(UpBody::Pooled))
+    }
+
+    /// Sends `req` (with an origin-form URI) to `inst` on hyper's pooled
+    /// client.
+    pub(crate) async fn pooled(
+        &self,
+        inst: &Instance,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<hyper::body::Incoming>, SendError> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(inst.endpoint.scheme.clone());
+        uri.authority = Some(inst.endpoint.authority.clone());
+        uri.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = http::Uri::from_parts(uri)
+            .map_err(|e| SendError::Connect(format!("cannot build the upstream URI: {e}")))?;
+        self.client.request(req).await.map_err(|e| {
+            if !e.is_connect() {
+                SendError::Broken(error_chain(&e))
+            } else if timed_out(&e) {
+                SendError::ConnectTimeout
+            } else {
+                SendError::Connect(error_chain(&e))
+            }
+        })
     }
 }
 
@@ -348,7 +432,7 @@ pub(crate) async fn keep_small(
 /// An upstream response body: counts the request in flight until it ends
 /// and is cut at the total deadline.
 struct Tracked {
-    inner: hyper::body::Incoming,
+    inner: UpBody,
     _in_flight: InFlight,
     deadline: Pin<Box<tokio::time::Sleep>>,
     limit: Duration,
@@ -588,9 +672,12 @@ impl Gateway {
                     "the request body was already sent and cannot be sent again".into(),
                 ));
             };
-            let uri = inst.endpoint.uri(&ctx.path_and_query).map_err(|e| {
-                GatewayError::BadRequest(format!("cannot build the upstream URI: {e}"))
-            })?;
+            let uri = inst
+                .endpoint
+                .origin_form(&ctx.path_and_query)
+                .map_err(|e| {
+                    GatewayError::BadRequest(format!("cannot build the upstream URI: {e}"))
+                })?;
             let mut up = Request::builder()
                 .method(parts.method.clone())
                 .uri(uri)
@@ -611,16 +698,13 @@ impl Gateway {
             } else {
                 (left, "total")
             };
-            let outcome = match tokio::time::timeout(limit, state.client.request(up)).await {
+            let outcome = match tokio::time::timeout(limit, state.client.request(&inst, up)).await {
                 Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) if e.is_connect() => {
-                    if timed_out(&e) {
-                        Err(Failed::Timeout("connect", spec.timeouts.connect))
-                    } else {
-                        Err(Failed::Connect(error_chain(&e)))
-                    }
+                Ok(Err(SendError::ConnectTimeout)) => {
+                    Err(Failed::Timeout("connect", spec.timeouts.connect))
                 }
-                Ok(Err(e)) => Err(Failed::Broken(error_chain(&e))),
+                Ok(Err(SendError::Connect(why))) => Err(Failed::Connect(why)),
+                Ok(Err(SendError::Broken(why))) => Err(Failed::Broken(why)),
                 Err(_) => Err(Failed::Timeout(kind, limit)),
             };
             let now = Instant::now();
@@ -749,7 +833,7 @@ impl Gateway {
 
     fn respond(
         &self,
-        resp: Response<hyper::body::Incoming>,
+        resp: Response<UpBody>,
         in_flight: InFlight,
         deadline: Instant,
         limit: Duration,
@@ -783,7 +867,7 @@ impl Gateway {
         let (inst, permit) = self.choose(state, &parts.headers, &[])?;
         let uri = inst
             .endpoint
-            .uri(&ctx.path_and_query)
+            .origin_form(&ctx.path_and_query)
             .map_err(|e| GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         let mut up = Request::builder()
             .method(parts.method.clone())
@@ -793,14 +877,15 @@ impl Gateway {
             .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
         *up.headers_mut() = parts.headers;
         let in_flight = inst.start();
-        let sent = tokio::time::timeout(spec.timeouts.first_byte, state.client.request(up)).await;
+        let sent =
+            tokio::time::timeout(spec.timeouts.first_byte, state.client.pooled(&inst, up)).await;
         let mut resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.record(state, &inst, permit, true, Outcome::Error, Instant::now());
                 return Err(GatewayError::Upstream {
                     instance: inst.agent_id.to_string(),
-                    why: error_chain(&e),
+                    why: e.to_string(),
                 });
             }
             Err(_) => {
@@ -823,7 +908,13 @@ impl Gateway {
         );
         if status != StatusCode::SWITCHING_PROTOCOLS {
             let deadline = Instant::now() + spec.timeouts.total;
-            return Ok(self.respond(resp, in_flight, deadline, spec.timeouts.total, &inst));
+            return Ok(self.respond(
+                resp.map(UpBody::Pooled),
+                in_flight,
+                deadline,
+                spec.timeouts.total,
+                &inst,
+            ));
         }
         let upstream_side = hyper::upgrade::on(&mut resp);
         let agent = inst.agent_id.clone();
@@ -870,7 +961,7 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// An error and its causes, one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {

@@ -901,3 +901,166 @@ async fn configured_routes_by_prefix_and_host() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(get(&hub, "/shop/echo/items").await.0, StatusCode::NOT_FOUND);
 }
+
+/// An upstream that counts the connections its requests arrive on and can
+/// close each connection a moment after answering on it (with no
+/// `Connection: close`, as a server whose keep-alive ran out does), once
+/// the gateway holds it idle. Every answer names its connection (`c1`,
+/// `c2`, …). Written on a bare socket to control exactly when connections
+/// close.
+struct Closer {
+    addr: std::net::SocketAddr,
+    /// Connections that carried a request other than `/health`.
+    used: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    close_after_answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections it has closed.
+    closed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Closer {
+    async fn start() -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let used = Arc::new(AtomicU64::new(0));
+        let close = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicU64::new(0));
+        let (u, c, d) = (used.clone(), close.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (used, close, closed) = (u.clone(), c.clone(), d.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut me = None;
+                    loop {
+                        // One request: the head, then Content-Length bytes.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            let mut chunk = [0u8; 4096];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..head_end + len);
+                        let name = if head.starts_with("get /health") {
+                            "health".to_owned()
+                        } else {
+                            let n =
+                                *me.get_or_insert_with(|| used.fetch_add(1, Ordering::SeqCst) + 1);
+                            format!("c{n}")
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                            name.len()
+                        );
+                        if sock.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if close.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            drop(sock);
+                            closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            used,
+            close_after_answer: close,
+            closed,
+        }
+    }
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_a_closed_one_loses_no_request() {
+    use std::sync::atomic::Ordering;
+    let hub = TestHub::start().await.expect("hub");
+    let up = Closer::start().await;
+    let r = hub
+        .http
+        .post(hub.url("/api/v1/agents/register"))
+        .json(
+            &json!({"id": "closer-1", "type": "closer", "endpoint": format!("http://{}", up.addr)}),
+        )
+        .send()
+        .await
+        .expect("register");
+    assert!(r.status().is_success());
+    wait_instances(&hub, "closer", 1).await;
+    // No retries: the gateway's own retry of a request that never left
+    // would hide a lost one.
+    configure(
+        &hub,
+        "closer",
+        json!({"retry": {"attempts": 1, "on_status": [], "backoff_ms": 1, "budget_ratio": 0.0, "budget_min_per_second": 0}}),
+    )
+    .await;
+
+    // One request after another: one connection carries them all.
+    for _ in 0..20 {
+        let r = hub
+            .http
+            .get(hub.url("/gw/closer/r"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.expect("text"), "c1");
+    }
+    assert_eq!(up.used.load(Ordering::SeqCst), 1);
+
+    // The upstream now closes every connection a moment after answering
+    // on it: the gateway's idle connection is dead when the next request
+    // comes. A POST, which is never resent once it may have been sent,
+    // must still reach the upstream, on a new connection each time.
+    up.close_after_answer.store(true, Ordering::SeqCst);
+    let mut seen = Vec::new();
+    for i in 0..20u64 {
+        if i > 0 {
+            eventually(Duration::from_secs(5), "the connection closed", || async {
+                (up.closed.load(Ordering::SeqCst) == i).then_some(())
+            })
+            .await
+            .expect("closed");
+        }
+        let r = hub
+            .http
+            .post(hub.url("/gw/closer/r"))
+            .body("{}")
+            .send()
+            .await
+            .expect("send");
+        let status = r.status();
+        let text = r.text().await.expect("text");
+        assert_eq!(status, StatusCode::OK, "{text}");
+        seen.push(text);
+    }
+    // The first POST still went over c1 (it closed after answering it);
+    // each later one needed a new connection.
+    let expected: Vec<String> = (1..=20).map(|n| format!("c{n}")).collect();
+    assert_eq!(seen, expected);
+}
