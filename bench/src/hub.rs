@@ -61,6 +61,11 @@ impl Hub {
         cpu_time(self.child.id()?)
     }
 
+    /// Its process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The hub's resident memory in KiB, from /proc.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
         rss_kib(self.child.id()?)
@@ -77,6 +82,33 @@ pub(crate) fn cpu_time(pid: u32) -> Option<std::time::Duration> {
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(std::time::Duration::from_millis((utime + stime) * 10))
+}
+
+/// The CPU time of a process and of its children (nginx's workers are
+/// children of its master), from /proc.
+pub(crate) fn tree_cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let mut total = cpu_time(pid)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4, the parent's id, is the second after the command name.
+        let parent = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += cpu_time(child).unwrap_or_default();
+        }
+    }
+    Some(total)
 }
 
 /// A process's resident memory in KiB, from /proc.

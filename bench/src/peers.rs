@@ -17,6 +17,13 @@ pub(crate) struct Peer {
     _dir: tempfile::TempDir,
 }
 
+impl Peer {
+    /// Its process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
 impl Drop for Peer {
     /// Asks the peer to stop (SIGTERM) and waits a moment for it before
     /// `kill_on_drop` kills it: nginx's master stops its workers on TERM,

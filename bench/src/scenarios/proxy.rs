@@ -36,6 +36,9 @@ struct Target {
     addr: SocketAddr,
     path: &'static str,
     auth: Option<Arc<str>>,
+    /// The proxy's process (its CPU time and its children's is read);
+    /// `None` for the upstream itself.
+    pid: Option<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -44,6 +47,8 @@ struct Peak {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// The proxy's CPU time per request over the run, in µs.
+    cpu_us: Option<f64>,
 }
 
 /// Runs wrk against a target; its requests/s and latency percentiles.
@@ -58,17 +63,27 @@ async fn wrk(t: &Target, seconds: u64) -> anyhow::Result<Peak> {
     if let Some(a) = &t.auth {
         cmd.arg("-H").arg(format!("Authorization: {a}"));
     }
+    let cpu = || t.pid.and_then(crate::hub::tree_cpu_time);
+    let before = cpu();
     let out = cmd
         .arg(format!("http://{}{}", t.addr, t.path))
         .stdin(Stdio::null())
         .output()
         .await?;
+    let after = cpu();
     anyhow::ensure!(
         out.status.success(),
         "wrk failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+    let mut peak = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
+    if let (Some(b), Some(a)) = (before, after) {
+        let requests = peak.rps * seconds as f64;
+        if requests > 0.0 {
+            peak.cpu_us = Some((a - b).as_secs_f64() * 1e6 / requests);
+        }
+    }
+    Ok(peak)
 }
 
 fn duration_ms(s: &str) -> Option<f64> {
@@ -185,34 +200,39 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
             addr: up,
             path: "/x",
             auth: None,
+            pid: None,
         },
         Target {
             name: "Switchboard (auth on)",
             addr: hub.addr,
             path: "/gw/bench/x",
             auth: Some(bearer.clone()),
+            pid: hub.pid(),
         },
         Target {
             name: "Switchboard (auth off)",
             addr: hub_off.addr,
             path: "/gw/bench/x",
             auth: None,
+            pid: hub_off.pid(),
         },
     ];
-    if let Some((_, a)) = &nginx {
+    if let Some((p, a)) = &nginx {
         targets.push(Target {
             name: "nginx",
             addr: *a,
             path: "/x",
             auth: None,
+            pid: p.pid(),
         });
     }
-    if let Some((_, a)) = &haproxy {
+    if let Some((p, a)) = &haproxy {
         targets.push(Target {
             name: "HAProxy",
             addr: *a,
             path: "/x",
             auth: None,
+            pid: p.pid(),
         });
     }
     let secs = s.phase.as_secs().max(1);
@@ -228,6 +248,10 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
         p50_ms: median_of(&peaks[i], |p| p.p50_ms),
         p99_ms: median_of(&peaks[i], |p| p.p99_ms),
         errors: peaks[i].iter().map(|p| p.errors).sum(),
+        cpu_us: peaks[i]
+            .iter()
+            .all(|p| p.cpu_us.is_some())
+            .then(|| median_of(&peaks[i], |p| p.cpu_us.unwrap_or(0.0))),
     };
     let medians: Vec<Peak> = (0..targets.len()).map(peak).collect();
 
@@ -263,9 +287,11 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
         "Same upstream (this binary's `upstream`: 128-byte answers, keep-alive HTTP/1.1, its own process), \
          same load generators, every process on the same 2 cores. Peak: `wrk -t1 -c{CONNECTIONS} -d{secs}s --latency`. \
          Added p99: the bench's open-loop generator at {half} requests/s (half of Switchboard's peak) over {CONNECTIONS} \
-         connections, less the upstream's own p99 at that rate. Medians of {rounds} rounds, targets taken in turn.\n\n\
-         | target | peak requests/s | vs nginx | p50 ms | p99 ms | p99 ms at {half}/s | added p99 ms | errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+         connections, less the upstream's own p99 at that rate. CPU per request: the proxy's CPU time \
+         (all its processes, from `/proc`) over the peak run, divided by the requests it served. \
+         Medians of {rounds} rounds, targets taken in turn.\n\n\
+         | target | peak requests/s | vs nginx | CPU µs per request | p50 ms | p99 ms | p99 ms at {half}/s | added p99 ms | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let nginx_rps = targets
         .iter()
@@ -279,8 +305,11 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
         } else {
             format!("{:.3}", p99_at_half[i] - p99_at_half[0])
         };
+        let cpu = m
+            .cpu_us
+            .map_or_else(|| "—".to_owned(), |c| format!("{c:.1}"));
         body.push_str(&format!(
-            "| {} | {:.0} | {vs} | {:.3} | {:.3} | {:.3} | {added} | {} |\n",
+            "| {} | {:.0} | {vs} | {cpu} | {:.3} | {:.3} | {:.3} | {added} | {} |\n",
             t.name, m.rps, m.p50_ms, m.p99_ms, p99_at_half[i], m.errors
         ));
     }
