@@ -227,7 +227,15 @@ impl ConnPool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Broken(crate::proxy::error_chain(e.error()))),
+                    // Handed back unsent by a connection just made: the
+                    // request never left, and may go elsewhere.
+                    Some(_) => {
+                        return Err(SendError::Connect(format!(
+                            "the new connection failed before the request was sent: {}",
+                            crate::proxy::error_chain(e.error())
+                        )));
+                    }
+                    None => return Err(SendError::Broken(crate::proxy::error_chain(e.error()))),
                 },
             }
         }
