@@ -36,6 +36,20 @@ pub(crate) async fn register(hub: &TestHub, up: &Upstream, agent_type: &str, ext
     );
 }
 
+/// Registers agent `id` of `agent_type` at `addr` (no health check URL),
+/// the only one of its type, and waits until the gateway knows it.
+async fn register_bare(hub: &TestHub, id: &str, agent_type: &str, addr: std::net::SocketAddr) {
+    let r = hub
+        .http
+        .post(hub.url("/api/v1/agents/register"))
+        .json(&json!({"id": id, "type": agent_type, "endpoint": format!("http://{addr}")}))
+        .send()
+        .await
+        .expect("register");
+    assert!(r.status().is_success());
+    wait_instances(hub, agent_type, 1).await;
+}
+
 /// Upstreams `{prefix}-0..n`, registered as agents of `agent_type`, known
 /// to the gateway.
 async fn fleet(hub: &TestHub, prefix: &str, agent_type: &str, n: usize) -> Vec<Upstream> {
@@ -665,15 +679,7 @@ async fn timeouts_answer_504() {
             held.push(c);
         }
     }
-    let r = hub
-        .http
-        .post(hub.url("/api/v1/agents/register"))
-        .json(&json!({"id": "blackhole", "type": "hole", "endpoint": format!("http://{addr}")}))
-        .send()
-        .await
-        .expect("register");
-    assert!(r.status().is_success());
-    wait_instances(&hub, "hole", 1).await;
+    register_bare(&hub, "blackhole", "hole", addr).await;
     configure(
         &hub,
         "hole",
@@ -1000,17 +1006,7 @@ async fn upstream_connections_are_reused_and_a_closed_one_loses_no_request() {
     use std::sync::atomic::Ordering;
     let hub = TestHub::start().await.expect("hub");
     let up = Closer::start().await;
-    let r = hub
-        .http
-        .post(hub.url("/api/v1/agents/register"))
-        .json(
-            &json!({"id": "closer-1", "type": "closer", "endpoint": format!("http://{}", up.addr)}),
-        )
-        .send()
-        .await
-        .expect("register");
-    assert!(r.status().is_success());
-    wait_instances(&hub, "closer", 1).await;
+    register_bare(&hub, "closer-1", "closer", up.addr).await;
     // No retries: the gateway's own retry of a request that never left
     // would hide a lost one.
     configure(
