@@ -58,7 +58,7 @@ impl Hub {
 
     /// The CPU time the hub has used so far (user and system), from /proc.
     pub(crate) fn cpu_time(&self) -> Option<std::time::Duration> {
-        cpu_time(self.child.id()?)
+        cpu_time(self.pid()?)
     }
 
     /// Its process id, while it runs.
@@ -76,12 +76,22 @@ impl Hub {
 /// of `/proc/<pid>/stat`, in clock ticks of 1/100 s (`USER_HZ` on Linux).
 pub(crate) fn cpu_time(pid: u32) -> Option<std::time::Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(parse_stat(&stat)?.1)
+}
+
+/// A process's parent id (field 4) and CPU time (fields 14 and 15) from
+/// its `/proc/<pid>/stat` line.
+fn parse_stat(stat: &str) -> Option<(u32, std::time::Duration)> {
     // The command name (field 2) may hold spaces; fields are counted after it.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let parent: u32 = fields.nth(1)?.parse().ok()?;
+    let utime: u64 = fields.nth(9)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(std::time::Duration::from_millis((utime + stime) * 10))
+    Some((
+        parent,
+        std::time::Duration::from_millis((utime + stime) * 10),
+    ))
 }
 
 /// The CPU time of a process and of its children (nginx's workers are
@@ -89,23 +99,21 @@ pub(crate) fn cpu_time(pid: u32) -> Option<std::time::Duration> {
 pub(crate) fn tree_cpu_time(pid: u32) -> Option<std::time::Duration> {
     let mut total = cpu_time(pid)?;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry
+        if entry
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<u32>().ok())
-        else {
+            .is_none()
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // Field 4, the parent's id, is the second after the command name.
-        let parent = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if parent == Some(pid) {
-            total += cpu_time(child).unwrap_or_default();
+        if let Some((parent, cpu)) = parse_stat(&stat)
+            && parent == pid
+        {
+            total += cpu;
         }
     }
     Some(total)
@@ -118,4 +126,18 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_parent_and_cpu_time_from_a_stat_line() {
+        // A command name with spaces and a parenthesis; utime 250, stime 50.
+        let line = "4242 (nginx: worker (x)) S 4200 4200 4200 0 -1 4194624 100 0 0 0 250 50 0 0 20 0 1 0 123 456 789";
+        let (parent, cpu) = parse_stat(line).expect("parsed");
+        assert_eq!(parent, 4200);
+        assert_eq!(cpu, std::time::Duration::from_millis(3000));
+    }
 }

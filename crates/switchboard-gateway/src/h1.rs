@@ -208,11 +208,13 @@ impl ConnPool {
                     "the new connection closed before the request was sent".into(),
                 ));
             }
-            let answer = conn.send.try_send_request(req);
-            let answer = Exchange {
-                conn: &mut conn,
-                answer: std::pin::pin!(answer),
-            }
+            // The connection is polled first: what it reads now is in the
+            // answer polled after it.
+            let mut answer = std::pin::pin!(conn.send.try_send_request(req));
+            let answer = std::future::poll_fn(|cx| {
+                conn.drive(cx);
+                answer.as_mut().poll(cx)
+            })
             .await;
             match answer {
                 Ok(resp) => {
@@ -268,22 +270,6 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendE
         send,
         conn: Some(conn),
     })
-}
-
-/// A request's answer, with its connection polled alongside.
-struct Exchange<'a, F> {
-    conn: &'a mut Conn,
-    answer: Pin<&'a mut F>,
-}
-
-impl<F: Future> Future for Exchange<'_, F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // The connection first: what it reads now is in the answer below.
-        self.conn.drive(cx);
-        self.answer.as_mut().poll(cx)
-    }
 }
 
 /// An answer's body, read from a connection this body polls; the
