@@ -633,6 +633,70 @@ async fn the_least_loaded_live_agent_gets_each_task_up_to_its_capacity() {
 }
 
 #[tokio::test]
+async fn an_agent_whose_claim_waits_gets_a_task_before_a_less_loaded_one() {
+    let hub = TestHub::start().await.expect("hub");
+    join(&hub, "eager", "build", &[], 4).await;
+    join(&hub, "idle", "build", &[], 4).await;
+    // `eager` holds one task; `idle` none.
+    create(
+        &hub,
+        json!({"id": "held", "type": "build", "assigned_agent": "eager"}),
+    )
+    .await;
+    assert_eq!(ids(&claim(&hub, "eager", 1, 0).await), ["held"]);
+
+    // While no claim of `eager` waits, work goes to the less loaded `idle`.
+    create(&hub, json!({"id": "first", "type": "build"})).await;
+    wait_assigned(&hub, "first", "idle", 1).await;
+    let (status, _) = cancel(&hub, "first", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Once `eager` waits on a claim, the next task goes to it, answered at
+    // once, though `idle` holds less. Until the claim is parked, tasks
+    // still go to `idle`; each is cancelled so that `idle` stays empty.
+    let waiting = {
+        let http = hub.http.clone();
+        let url = hub.url("/api/v1/tasks/claim");
+        tokio::spawn(async move {
+            let v: Value = http
+                .post(url)
+                .json(&json!({"agent_id": "eager", "max_tasks": 4, "wait_ms": 15000}))
+                .send()
+                .await
+                .expect("send")
+                .json()
+                .await
+                .expect("json");
+            v
+        })
+    };
+    let mut n = 0;
+    let taken = eventually(WAIT, "a task given to the waiting claim", || {
+        n += 1;
+        let id = format!("next-{n}");
+        let hub = &hub;
+        async move {
+            create(hub, json!({"id": id, "type": "build"})).await;
+            let t = wait_task(hub, &id, "assigned", |t| t["status"] == "assigned").await;
+            if t["agent_id"] == "eager" {
+                return Some(id);
+            }
+            assert_eq!(cancel(hub, &id, None).await.0, StatusCode::OK);
+            None
+        }
+    })
+    .await
+    .expect("the waiting claim gets work");
+    let v = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the claim came back")
+        .expect("task");
+    assert_eq!(ids(v["tasks"].as_array().expect("tasks")), [taken], "{v}");
+    assert_eq!(held(&hub, "idle").await, 0);
+    assert_eq!(held(&hub, "eager").await, 2);
+}
+
+#[tokio::test]
 async fn a_task_for_a_named_agent_goes_only_to_that_agent() {
     let hub = TestHub::start().await.expect("hub");
     join(&hub, "idle-coder", "code", &[], 5).await;

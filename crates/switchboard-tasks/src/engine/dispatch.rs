@@ -4,15 +4,17 @@
 //! A ready task goes to a live agent (not draining, stale or offline)
 //! whose type is the task's type or whose capabilities include it, that
 //! has every capability the task asks for and room for one more task; of
-//! those, the least loaded: tasks held against `max_concurrent_tasks`
-//! (the larger of what the hub gave it and what it last reported), ties
-//! to the agent given work least recently. The assignment is a
+//! those, one whose claim is waiting (a long poll that asks for work now)
+//! before one that would hold the task until its next claim, and then the
+//! least loaded: tasks held against `max_concurrent_tasks` (the larger of
+//! what the hub gave it and what it last reported), ties to the agent
+//! given work least recently. The assignment is a
 //! `task.assigned` event addressed to the agent (push); an agent that
 //! pulls gets the tasks given to it from `claim`. Either way the
 //! assignment starts a lease.
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -71,6 +73,8 @@ struct Candidate {
     load: u32,
     capacity: u32,
     last_assigned: u64,
+    /// Tasks its waiting claims still ask for.
+    wants: u32,
 }
 
 impl Candidate {
@@ -78,12 +82,21 @@ impl Candidate {
         self.load < self.capacity
     }
 
-    /// Less loaded first (held against capacity), then the one given work
-    /// least recently.
+    /// Takes one more task.
+    fn take(&mut self) {
+        self.load += 1;
+        self.wants = self.wants.saturating_sub(1);
+    }
+
+    /// An agent whose claim is waiting first (it takes the task at once,
+    /// where another would hold it until its next claim); then less loaded
+    /// (held against capacity), then the one given work least recently.
     fn cmp_load(&self, other: &Self) -> Ordering {
         let a = u64::from(self.load) * u64::from(other.capacity);
         let b = u64::from(other.load) * u64::from(self.capacity);
-        a.cmp(&b)
+        (other.wants > 0)
+            .cmp(&(self.wants > 0))
+            .then(a.cmp(&b))
             .then(self.load.cmp(&other.load))
             .then(self.last_assigned.cmp(&other.last_assigned))
     }
@@ -259,6 +272,11 @@ impl Engine {
         }
         self.dispatch_needed = false;
         let default_capacity = self.config.default_agent_capacity.max(1);
+        let mut wants: HashMap<&str, u32> = HashMap::new();
+        for w in self.waiters.iter().filter(|w| !w.reply.is_closed()) {
+            let n = wants.entry(w.agent_id.as_str()).or_default();
+            *n = n.saturating_add(w.max);
+        }
         let mut cands: Vec<Candidate> = self
             .agents
             .iter()
@@ -274,6 +292,7 @@ impl Engine {
                     load: held.max(live.current_tasks),
                     capacity: info.max_concurrent.unwrap_or(default_capacity).max(1),
                     last_assigned: info.last_assigned,
+                    wants: wants.get(id.as_str()).copied().unwrap_or(0),
                 })
             })
             .collect();
@@ -290,7 +309,7 @@ impl Engine {
                 if !c.has_room() {
                     break;
                 }
-                c.load += 1;
+                c.take();
                 assign.push((id.clone(), i));
             }
         }
@@ -328,7 +347,7 @@ impl Engine {
                     .min_by(|&a, &b| cands[a].cmp_load(&cands[b]));
                 match best {
                     Some(i) => {
-                        cands[i].load += 1;
+                        cands[i].take();
                         assign.push((id.clone(), i));
                         // What `assign` will record, so ties later in this
                         // pass go to the others.
