@@ -232,11 +232,22 @@ impl Hub {
         }
         // The audit writer drains what is queued after the server stops,
         // so it ends with the other workers.
-        let audit = tokio::spawn(self.audit_writer.run());
+        let _audit_guard = self.audit_stop.clone().drop_guard();
+        let audit = switchboard_store::spawn_writer("audit-writer", self.audit_writer.run())?;
         // The task engine serves requests until the server has drained
-        // (so none in flight is refused), then stops.
+        // (so none in flight is refused), then stops; also if this
+        // function returns early.
         let engine_stop = CancellationToken::new();
-        tracker.spawn(self.engine.run(token.child_token(), engine_stop.clone()));
+        let _engine_guard = engine_stop.clone().drop_guard();
+        // Both hold the store's write connection: each on a thread of its
+        // own (`spawn_writer`).
+        let engine_done = switchboard_store::spawn_writer(
+            "task-engine",
+            self.engine.run(token.child_token(), engine_stop.clone()),
+        )?;
+        tracker.spawn(async move {
+            let _ = engine_done.await;
+        });
         {
             let token = token.clone();
             tokio::spawn(async move {

@@ -12,7 +12,7 @@
 
 pub mod sqlite;
 
-pub use sqlite::{SqliteConfig, SqliteStore, Synchronous};
+pub use sqlite::{SqliteConfig, SqliteStore, Synchronous, spawn_writer};
 
 use switchboard_core::{StorageError, StorageErrorKind};
 

@@ -2,7 +2,8 @@
 //!
 //! One database file, `switchboard.db`, in WAL mode. Writes go through a
 //! single connection: SQLite allows one writer at a time, and one connection
-//! queues writers in the pool instead of making them spin on `SQLITE_BUSY`.
+//! queues writers in line (`Writer`) instead of making them spin on
+//! `SQLITE_BUSY`.
 //! Reads use a separate pool of read-only connections, which WAL lets run
 //! beside the writer.
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -29,11 +31,14 @@ mod retention;
 mod schedule;
 mod tasks;
 mod vault;
+mod writer;
 
 use agents::LivenessWrite;
 use batch::Batcher;
 use events::{AppendWrite, Recent};
 use groups::GroupWrite;
+use writer::Writer;
+pub use writer::spawn_writer;
 
 /// The name of the database file under the data directory.
 pub const DB_FILE: &str = "switchboard.db";
@@ -90,7 +95,7 @@ impl SqliteConfig {
 /// The SQLite store. Cheap to clone: the pools are shared.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Writer,
     /// Group commit of agent liveness (status changes, heartbeats).
     liveness: Batcher<LivenessWrite>,
     /// Group commit of event appends.
@@ -128,7 +133,7 @@ const RESTART_FRAMES: i64 = 16_384;
 /// connection, between two of its transactions: it copies the little the
 /// passive one left and starts the WAL over. (Run beside the writer, it
 /// would make the writer's next transaction fail with `SQLITE_BUSY`.)
-async fn checkpointer(pool: SqlitePool, writer: SqlitePool, stop: CancellationToken) {
+async fn checkpointer(pool: SqlitePool, writer: Writer, stop: CancellationToken) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -143,10 +148,14 @@ async fn checkpointer(pool: SqlitePool, writer: SqlitePool, stop: CancellationTo
         match frames {
             Ok((_, log, _)) if log > RESTART_FRAMES => {
                 let started = std::time::Instant::now();
-                match sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                    .execute(&writer)
-                    .await
-                {
+                let restarted = match writer.lock().await {
+                    Ok(mut conn) => sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(|e| storage_error("restart the WAL", e)),
+                    Err(e) => Err(e),
+                };
+                match restarted {
                     Ok(_) => {
                         tracing::debug!(frames = log, took = ?started.elapsed(), "WAL restarted")
                     }
@@ -184,29 +193,19 @@ impl SqliteStore {
             // Checkpoints run in the background (see `checkpointer`), not
             // inside whichever commit happens to cross the threshold.
             .pragma("wal_autocheckpoint", "0");
-        // A local file cannot drop a connection the way a network can, so
-        // connections are not pinged each time they are taken from a pool:
-        // the ping is one more round trip to SQLite's thread per write.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(10))
-            .idle_timeout(None)
-            .max_lifetime(None)
-            // The writer touches the newest pages of every table and index
-            // at every commit: a 64 MiB page cache keeps them (SQLite's
-            // default is 2 MiB; under a steady write load the writer's
-            // time per commit grew with the database).
-            .connect_with(
-                base.clone()
-                    .create_if_missing(true)
-                    .pragma("cache_size", "-65536"),
-            )
+        // The writer touches the newest pages of every table and index at
+        // every commit: a 64 MiB page cache keeps them (SQLite's default is
+        // 2 MiB; under a steady write load the writer's time per commit grew
+        // with the database).
+        let mut conn = base
+            .clone()
+            .create_if_missing(true)
+            .pragma("cache_size", "-65536")
+            .connect()
             .await
             .map_err(|e| storage_error(&format!("open {}", path.display()), e))?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
+            .run(&mut conn)
             .await
             .map_err(|e| {
                 StorageError::new(
@@ -214,6 +213,11 @@ impl SqliteStore {
                     format!("migrate {}: {e}", path.display()),
                 )
             })?;
+        let (head, _) = watch::channel(events::last_seq(&mut conn).await?);
+        let writer = Writer::new(conn);
+        // A local file cannot drop a connection the way a network can, so
+        // read connections are not pinged each time they are taken from
+        // their pool: the ping is one more round trip to SQLite's thread.
         let reader = SqlitePoolOptions::new()
             .max_connections(config.readers.max(1))
             .test_before_acquire(false)
@@ -226,12 +230,6 @@ impl SqliteStore {
             .connect_with(base)
             .await
             .map_err(|e| storage_error(&format!("open {} for checkpoints", path.display()), e))?;
-        let mut conn = writer
-            .acquire()
-            .await
-            .map_err(|e| storage_error("open the log", e))?;
-        let (head, _) = watch::channel(events::last_seq(&mut conn).await?);
-        drop(conn);
         let recent = Recent::default();
         let stop = CancellationToken::new();
         tokio::spawn(checkpointer(
@@ -242,22 +240,28 @@ impl SqliteStore {
         tracing::info!(path = %path.display(), "store opened");
         Ok(Self {
             liveness: Batcher::start(
+                "store-liveness",
                 writer.clone(),
                 LivenessWrite {
                     clock: config.clock.clone(),
                     head: head.clone(),
                 },
-            ),
+            )?,
             appends: Batcher::start(
+                "store-appends",
                 writer.clone(),
                 AppendWrite {
                     clock: config.clock.clone(),
                     head: head.clone(),
                     recent: recent.clone(),
                 },
-            ),
+            )?,
             recent,
-            group_writes: Batcher::start(writer.clone(), GroupWrite { head: head.clone() }),
+            group_writes: Batcher::start(
+                "store-groups",
+                writer.clone(),
+                GroupWrite { head: head.clone() },
+            )?,
             head,
             writer,
             reader,
@@ -304,7 +308,7 @@ impl Readiness for SqliteStore {
                 .await
                 .map_err(|e| storage_error("readiness read", e))?;
             sqlx::query("SELECT 1")
-                .execute(&self.writer)
+                .execute(&mut *self.writer.lock().await?)
                 .await
                 .map_err(|e| storage_error("readiness write connection", e))?;
             Ok(())

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+use sqlx::Connection;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use switchboard_bus::NewEvent;
@@ -36,11 +37,8 @@ impl AgentStore for SqliteStore {
         let r = reg.registration();
         let ctx = "register agent";
         let min_version = i64::try_from(min_status_version.max(1)).unwrap_or(i64::MAX);
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(|e| storage_error(ctx, e))?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(|e| storage_error(ctx, e))?;
         let row = sqlx::query(&format!(
             "INSERT INTO agents ({COLUMNS}) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', 'active', 0, '{{}}', \
@@ -193,11 +191,8 @@ impl AgentStore for SqliteStore {
 
     async fn delete_agent(&self, id: &str, event: NewEvent) -> Result<bool, StorageError> {
         let ctx = "delete agent";
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(|e| storage_error(ctx, e))?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(|e| storage_error(ctx, e))?;
         let done = sqlx::query("DELETE FROM agents WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)

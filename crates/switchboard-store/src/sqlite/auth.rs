@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sqlx::Connection;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use switchboard_auth::store::{AuditQuery, AuthSnapshot, AuthStore, AuthWrite};
@@ -59,11 +60,22 @@ fn record(row: &SqliteRow) -> Result<AuditRecord, StorageError> {
 const AUDIT_COLUMNS: &str = "seq, at, principal, principal_kind, action, resource, outcome, \
                              reason, source, correlation_id, prev_hash, hash";
 
+/// Appends a batch of audit records given as one JSON array (`?1`) of rows,
+/// each an array of the columns in [`AUDIT_COLUMNS`] order. One statement,
+/// so the batch is stored all or nothing. Each row is materialized once
+/// beside its text, which `->>` then reads.
+const APPEND_AUDIT: &str = "WITH r(c) AS MATERIALIZED (SELECT value FROM json_each(?1)) \
+    INSERT INTO audit_log (seq, at, principal, principal_kind, action, resource, outcome, \
+                           reason, source, correlation_id, prev_hash, hash) \
+    SELECT c ->> 0, c ->> 1, c ->> 2, c ->> 3, c ->> 4, c ->> 5, c ->> 6, c ->> 7, c ->> 8, \
+           c ->> 9, c ->> 10, c ->> 11 \
+    FROM r";
+
 #[async_trait]
 impl AuthStore for SqliteStore {
     async fn load_auth(&self) -> Result<AuthSnapshot, StorageError> {
         let rows = sqlx::query("SELECT kind, doc FROM auth_objects")
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *self.writer.lock().await?)
             .await
             .map_err(|e| storage_error("load auth", e))?;
         Ok(AuthSnapshot {
@@ -77,7 +89,8 @@ impl AuthStore for SqliteStore {
 
     async fn write_auth(&self, writes: Vec<AuthWrite>) -> Result<(), StorageError> {
         let ctx = |e| storage_error("write auth", e);
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(ctx)?;
         for w in writes {
             let (kind, id, text, expires) = match w {
                 AuthWrite::SigningKey(k) => (
@@ -143,38 +156,45 @@ impl AuthStore for SqliteStore {
         let row = sqlx::query(&format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT 1"
         ))
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("read audit log", e))?;
         row.as_ref().map(record).transpose()
     }
 
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StorageError> {
-        let ctx = |e| storage_error("append audit log", e);
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
-        for r in records {
-            let e = &r.entry;
-            sqlx::query(&format!(
-                "INSERT INTO audit_log ({AUDIT_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-            ))
-            .bind(i64::try_from(r.seq).map_err(|e| corrupt("audit seq", e))?)
-            .bind(e.at)
-            .bind(&e.principal)
-            .bind(&e.principal_kind)
-            .bind(&e.action)
-            .bind(&e.resource)
-            .bind(i64::from(e.outcome))
-            .bind(&e.reason)
-            .bind(&e.source)
-            .bind(&e.correlation_id)
-            .bind(&r.prev_hash)
-            .bind(&r.hash)
-            .execute(&mut *tx)
+        // The batch goes to SQLite as one JSON array of rows (each row an
+        // array of the columns in `AUDIT_COLUMNS` order) that one statement
+        // inserts: one round trip to SQLite's thread however many records,
+        // so the writer's connection is held for one statement, not for a
+        // round trip per record.
+        let rows = records
+            .iter()
+            .map(|r| {
+                let e = &r.entry;
+                Ok((
+                    i64::try_from(r.seq).map_err(|e| corrupt("audit seq", e))?,
+                    e.at,
+                    &e.principal,
+                    &e.principal_kind,
+                    &e.action,
+                    &e.resource,
+                    i64::from(e.outcome),
+                    &e.reason,
+                    &e.source,
+                    &e.correlation_id,
+                    &r.prev_hash,
+                    &r.hash,
+                ))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let rows = serde_json::to_string(&rows).map_err(|e| corrupt("encode audit records", e))?;
+        sqlx::query(APPEND_AUDIT)
+            .bind(rows)
+            .execute(&mut *self.writer.lock().await?)
             .await
-            .map_err(ctx)?;
-        }
-        tx.commit().await.map_err(ctx)
+            .map_err(|e| storage_error("append audit log", e))?;
+        Ok(())
     }
 
     async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {

@@ -11,8 +11,10 @@
 
 use std::future::Future;
 
+use super::Writer;
+use super::writer::spawn_writer;
+use sqlx::Connection;
 use sqlx::SqliteConnection;
-use sqlx::sqlite::SqlitePool;
 use switchboard_core::{StorageError, StorageErrorKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,12 +69,20 @@ impl<W: BatchWrite> std::fmt::Debug for Batcher<W> {
 }
 
 impl<W: BatchWrite> Batcher<W> {
-    /// Starts the batching task on `writer`; it ends when every clone of
-    /// the returned `Batcher` is dropped.
-    pub(crate) fn start(writer: SqlitePool, kind: W) -> Self {
+    /// Starts the batching task on `writer`, on a thread of its own (see
+    /// [`spawn_writer`]); it ends when every clone of the returned
+    /// `Batcher` is dropped.
+    pub(crate) fn start(name: &str, writer: Writer, kind: W) -> Result<Self, StorageError> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(writer, kind, rx));
-        Self { tx }
+        // Nothing waits for the thread's end: it ends on its own once the
+        // queue closes.
+        let _ends = spawn_writer(name, run(writer, kind, rx)).map_err(|e| {
+            StorageError::new(
+                StorageErrorKind::Unavailable,
+                format!("start the {name} thread: {e}"),
+            )
+        })?;
+        Ok(Self { tx })
     }
 
     /// Writes one item; resolves after it is committed.
@@ -97,7 +107,7 @@ fn closed() -> StorageError {
     StorageError::new(StorageErrorKind::Unavailable, "the store is closed")
 }
 
-async fn run<W: BatchWrite>(writer: SqlitePool, kind: W, mut rx: mpsc::Receiver<Pending<W>>) {
+async fn run<W: BatchWrite>(writer: Writer, kind: W, mut rx: mpsc::Receiver<Pending<W>>) {
     let mut pending: Vec<Pending<W>> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
         let (items, replies): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
@@ -118,12 +128,13 @@ async fn run<W: BatchWrite>(writer: SqlitePool, kind: W, mut rx: mpsc::Receiver<
 }
 
 async fn commit<W: BatchWrite>(
-    writer: &SqlitePool,
+    writer: &Writer,
     kind: &W,
     items: &[W::Item],
 ) -> Result<Vec<W::Output>, StorageError> {
     let ctx = "batched write";
-    let mut tx = writer.begin().await.map_err(|e| storage_error(ctx, e))?;
+    let mut conn = writer.lock().await?;
+    let mut tx = conn.begin().await.map_err(|e| storage_error(ctx, e))?;
     let outputs = kind.write(&mut tx, items).await?;
     if outputs.len() != items.len() {
         return Err(StorageError::new(

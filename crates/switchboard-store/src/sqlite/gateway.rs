@@ -1,6 +1,7 @@
 //! The gateway's configuration and webhook delivery log for SQLite.
 
 use async_trait::async_trait;
+use sqlx::Connection;
 use sqlx::Row;
 use switchboard_core::StorageError;
 use switchboard_gateway::store::{DeliveryRecord, GatewayStore};
@@ -13,7 +14,7 @@ impl GatewayStore for SqliteStore {
     async fn load_gateway(&self) -> Result<Vec<(String, String, String)>, StorageError> {
         let ctx = |e| storage_error("load gateway", e);
         let rows = sqlx::query("SELECT kind, name, doc FROM gateway_objects ORDER BY kind, name")
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *self.writer.lock().await?)
             .await
             .map_err(ctx)?;
         rows.iter()
@@ -35,7 +36,7 @@ impl GatewayStore for SqliteStore {
         .bind(kind)
         .bind(name)
         .bind(doc)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("write gateway", e))?;
         Ok(())
@@ -45,7 +46,7 @@ impl GatewayStore for SqliteStore {
         let done = sqlx::query("DELETE FROM gateway_objects WHERE kind = ?1 AND name = ?2")
             .bind(kind)
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *self.writer.lock().await?)
             .await
             .map_err(|e| storage_error("delete gateway", e))?;
         Ok(done.rows_affected() > 0)
@@ -57,7 +58,8 @@ impl GatewayStore for SqliteStore {
         keep: u32,
     ) -> Result<(), StorageError> {
         let ctx = |e| storage_error("log webhook deliveries", e);
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(ctx)?;
         for r in records {
             sqlx::query(
                 "INSERT INTO webhook_deliveries (webhook, event_offset, event_id, attempt, at, \

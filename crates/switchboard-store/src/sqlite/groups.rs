@@ -44,7 +44,7 @@ impl GroupStore for SqliteStore {
         .bind(i64::from(s.max_pending))
         .bind(seq(g.cursor))
         .bind(g.created_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("create consumer group", e))?;
         Ok(())
@@ -62,7 +62,7 @@ impl GroupStore for SqliteStore {
         // Pending rows and dead letters go with it (ON DELETE CASCADE).
         sqlx::query("DELETE FROM consumer_groups WHERE name = ?1")
             .bind(name)
-            .execute(&self.writer)
+            .execute(&mut *self.writer.lock().await?)
             .await
             .map_err(|e| storage_error("delete consumer group", e))?;
         Ok(())
@@ -182,7 +182,7 @@ impl GroupStore for SqliteStore {
             None => {
                 sqlx::query("DELETE FROM dead_letters WHERE group_name = ?1")
                     .bind(group)
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer.lock().await?)
                     .await
             }
             Some(list) => {
@@ -192,7 +192,7 @@ impl GroupStore for SqliteStore {
                 )
                 .bind(group)
                 .bind(json!(list).to_string())
-                .execute(&self.writer)
+                .execute(&mut *self.writer.lock().await?)
                 .await
             }
         }

@@ -28,7 +28,7 @@ impl SqliteStore {
                 )
                 .bind(cutoff)
                 .bind(CHUNK)
-                .execute(&self.writer)
+                .execute(&mut *self.writer.lock().await?)
                 .await
                 .map_err(ctx)?;
                 out.expired += done.rows_affected();
@@ -64,7 +64,7 @@ impl SqliteStore {
                 }
                 let done = sqlx::query("DELETE FROM events WHERE seq <= ?1")
                     .bind(upto)
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer.lock().await?)
                     .await
                     .map_err(ctx)?;
                 out.over_size += done.rows_affected();
@@ -88,7 +88,7 @@ impl SqliteStore {
                                 WHERE e2.topic = events.topic AND e2.key = events.key)",
                 )
                 .bind(json!(chunk).to_string())
-                .execute(&self.writer)
+                .execute(&mut *self.writer.lock().await?)
                 .await
                 .map_err(ctx)?;
                 out.compacted += done.rows_affected();

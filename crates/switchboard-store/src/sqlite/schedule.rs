@@ -1,6 +1,7 @@
 //! Held events (delayed and scheduled publish) for SQLite.
 
 use serde_json::{Map, Value};
+use sqlx::Connection;
 use sqlx::Row;
 use switchboard_bus::{NewEvent, Scheduled};
 use switchboard_core::{StorageError, UnixMillis};
@@ -16,7 +17,8 @@ impl SqliteStore {
         due: Vec<UnixMillis>,
     ) -> Result<Vec<Scheduled>, StorageError> {
         let ctx = |e| storage_error("hold events", e);
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(ctx)?;
         let mut out = Vec::with_capacity(events.len());
         for (e, at) in events.iter().zip(due) {
             sqlx::query(
@@ -64,7 +66,8 @@ impl SqliteStore {
         limit: u32,
     ) -> Result<(u32, Option<UnixMillis>), StorageError> {
         let ctx = |e| storage_error("release held events", e);
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(ctx)?;
         let rows = sqlx::query(
             "SELECT hold, id, source, type, topic, subject, time, datacontenttype, data, \
              extensions FROM scheduled_events WHERE due_at <= ?1 ORDER BY due_at, hold LIMIT ?2",

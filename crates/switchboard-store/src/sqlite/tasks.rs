@@ -125,17 +125,14 @@ impl TaskStore for SqliteStore {
         let workflows = serde_json::to_string(&changes.workflows)
             .map_err(|e| corrupt("encode workflows", e))?;
         let events = events_json(&changes.events, now)?;
-        let mut conn = self
-            .writer
-            .acquire()
-            .await
-            .map_err(|e| storage_error(ctx, e))?;
+        let mut conn = self.writer.lock().await?;
         let rows = sqlx::query(APPLY)
             .bind(tasks)
             .bind(workflows)
             .bind(events)
             .fetch_all(&mut *conn)
             .await;
+
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {

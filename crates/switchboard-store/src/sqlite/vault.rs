@@ -1,6 +1,7 @@
 //! The vault's ciphertext for SQLite.
 
 use async_trait::async_trait;
+use sqlx::Connection;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use switchboard_core::{StorageError, UnixMillis};
@@ -60,7 +61,7 @@ impl VaultStore for SqliteStore {
         let ctx = |e| storage_error("read vault key checks", e);
         let rows =
             sqlx::query("SELECT master_key_id, blob, nonce, created_at FROM vault_key_checks")
-                .fetch_all(&self.writer)
+                .fetch_all(&mut *self.writer.lock().await?)
                 .await
                 .map_err(ctx)?;
         rows.iter()
@@ -84,7 +85,7 @@ impl VaultStore for SqliteStore {
         .bind(&c.blob)
         .bind(&c.nonce)
         .bind(c.created_at)
-        .execute(&self.writer)
+        .execute(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("write vault key check", e))?;
         Ok(())
@@ -96,7 +97,7 @@ impl VaultStore for SqliteStore {
             "SELECT master_key_id, count(*) AS n FROM vault_versions GROUP BY master_key_id \
              ORDER BY master_key_id",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer.lock().await?)
         .await
         .map_err(ctx)?;
         rows.iter()
@@ -115,7 +116,7 @@ impl VaultStore for SqliteStore {
             "SELECT {META_COLUMNS} FROM vault_secrets WHERE name = ?1"
         ))
         .bind(name)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("read vault secret", e))?;
         row.as_ref().map(meta).transpose()
@@ -131,7 +132,7 @@ impl VaultStore for SqliteStore {
         ))
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("list vault secrets", e))?;
         rows.iter().map(meta).collect()
@@ -139,7 +140,8 @@ impl VaultStore for SqliteStore {
 
     async fn put_version(&self, m: &SecretMeta, v: &StoredVersion) -> Result<(), StorageError> {
         let ctx = |e| storage_error("write vault secret", e);
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(ctx)?;
         sqlx::query(
             "INSERT INTO vault_secrets (name, policy, created_at, updated_at, latest_version) \
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO UPDATE SET \
@@ -186,7 +188,7 @@ impl VaultStore for SqliteStore {
                 .bind(name)
                 .bind(policy_doc(policy)?)
                 .bind(at)
-                .execute(&self.writer)
+                .execute(&mut *self.writer.lock().await?)
                 .await
                 .map_err(|e| storage_error("write vault policy", e))?;
         Ok(done.rows_affected() > 0)
@@ -198,7 +200,7 @@ impl VaultStore for SqliteStore {
         ))
         .bind(name)
         .bind(version_i64(v)?)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("read vault version", e))?;
         row.as_ref().map(version).transpose()
@@ -209,7 +211,7 @@ impl VaultStore for SqliteStore {
             "SELECT {VERSION_COLUMNS} FROM vault_versions WHERE name = ?1 ORDER BY version"
         ))
         .bind(name)
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("read vault versions", e))?;
         rows.iter().map(version).collect()
@@ -217,7 +219,8 @@ impl VaultStore for SqliteStore {
 
     async fn delete_secret(&self, name: &str) -> Result<bool, StorageError> {
         let ctx = |e| storage_error("delete vault secret", e);
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(ctx)?;
         sqlx::query("DELETE FROM vault_versions WHERE name = ?1")
             .bind(name)
             .execute(&mut *tx)
@@ -243,7 +246,7 @@ impl VaultStore for SqliteStore {
         ))
         .bind(current)
         .bind(i64::from(limit))
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *self.writer.lock().await?)
         .await
         .map_err(|e| storage_error("read vault versions to rewrap", e))?;
         rows.iter().map(version).collect()
@@ -251,7 +254,8 @@ impl VaultStore for SqliteStore {
 
     async fn rewrap(&self, versions: &[StoredVersion]) -> Result<(), StorageError> {
         let ctx = |e| storage_error("rewrap vault data keys", e);
-        let mut tx = self.writer.begin().await.map_err(ctx)?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = conn.begin().await.map_err(ctx)?;
         for v in versions {
             let c = &v.ciphertext;
             sqlx::query(

@@ -1,0 +1,85 @@
+//! The one connection that writes, taken in turn.
+//!
+//! SQLite has one writer at a time, so the store keeps one write
+//! connection and its users wait for it in line (a fair lock), rather than
+//! spinning on `SQLITE_BUSY`. It is not a `sqlx` pool of one: a pool hands a
+//! connection back through a task it spawns, which first pings it (a round
+//! trip to SQLite's thread), so on a busy hub the next writer waited
+//! milliseconds for the connection to come back after every write. Here
+//! the connection is free again the moment its user is done.
+//!
+//! A transaction dropped unfinished (its caller's future dropped) queues
+//! its rollback on the connection, which SQLite's thread runs before the
+//! next user's first statement.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sqlx::SqliteConnection;
+use switchboard_core::{StorageError, StorageErrorKind};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+
+/// The write connection; cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Writer(Arc<Mutex<Option<SqliteConnection>>>);
+
+impl Writer {
+    pub(crate) fn new(conn: SqliteConnection) -> Self {
+        Self(Arc::new(Mutex::new(Some(conn))))
+    }
+
+    /// Waits for the connection; an error once the store is closed.
+    pub(crate) async fn lock(
+        &self,
+    ) -> Result<MappedMutexGuard<'_, SqliteConnection>, StorageError> {
+        MutexGuard::try_map(self.0.lock().await, Option::as_mut)
+            .map_err(|_| StorageError::new(StorageErrorKind::Unavailable, "the store is closed"))
+    }
+
+    /// Waits for the connection's current user, then closes it: every
+    /// later `lock` fails.
+    pub(crate) async fn close(&self) {
+        let conn = self.0.lock().await.take();
+        if let Some(conn) = conn
+            && let Err(error) = sqlx::Connection::close(conn).await
+        {
+            tracing::warn!(%error, "closing the write connection failed");
+        }
+    }
+}
+
+/// Runs `work`, a task that takes the write connection, on a thread of its
+/// own with a runtime of its own; the returned future resolves to its
+/// output.
+///
+/// A task holds the connection from the moment the lock is handed to it
+/// until it is next polled after its last statement. Among the request
+/// handlers of a busy hub, a task waited in the runtime's queue for
+/// milliseconds at each of those moments while every other writer waited
+/// for it (an audit append of one record held the connection for 3–10 ms).
+/// On a thread of its own it is polled as soon as the system schedules the
+/// thread. The hot writers (the task engine, the audit log, the group
+/// commits) run this way.
+pub fn spawn_writer<F>(
+    name: &str,
+    work: F,
+) -> std::io::Result<impl Future<Output = Option<F::Output>> + Send + 'static + use<F>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _entered = span.enter();
+            let out = runtime.block_on(work);
+            drop(runtime);
+            let _ = done.send(out);
+        })?;
+    Ok(async move { finished.await.ok() })
+}
