@@ -5,10 +5,11 @@
 //! whose type is the task's type or whose capabilities include it, that
 //! has every capability the task asks for and room for one more task; of
 //! those, one whose claim is waiting (a long poll that asks for work now)
-//! before one that would hold the task until its next claim, and then the
-//! least loaded: tasks held against `max_concurrent_tasks` (the larger of
-//! what the hub gave it and what it last reported), ties to the agent
-//! given work least recently. The assignment is a
+//! before one that would hold the task until its next claim, a claim being
+//! filled up to what it asked for before the next, and then the least
+//! loaded: tasks held against `max_concurrent_tasks` (the larger of what
+//! the hub gave it and what it last reported), ties to the agent given
+//! work least recently. The assignment is a
 //! `task.assigned` event addressed to the agent (push); an agent that
 //! pulls gets the tasks given to it from `claim`. Either way the
 //! assignment starts a lease.
@@ -75,6 +76,8 @@ struct Candidate {
     last_assigned: u64,
     /// Tasks its waiting claims still ask for.
     wants: u32,
+    /// Tasks given to it in this dispatch.
+    taken: u32,
 }
 
 impl Candidate {
@@ -85,17 +88,24 @@ impl Candidate {
     /// Takes one more task.
     fn take(&mut self) {
         self.load += 1;
+        self.taken += 1;
         self.wants = self.wants.saturating_sub(1);
     }
 
-    /// An agent whose claim is waiting first (it takes the task at once,
-    /// where another would hold it until its next claim); then less loaded
-    /// (held against capacity), then the one given work least recently.
+    /// An agent whose claim is waiting first: it takes the task at once,
+    /// where another would hold it until its next claim. Of those, the one
+    /// already given work in this dispatch, until its claim has what it
+    /// asked for: a claim answered leaves the next round one waiting claim
+    /// fewer to answer at once, so a round's tasks fill one claim rather
+    /// than take a task out of each. Then less loaded (held against
+    /// capacity), then the one given work least recently.
     fn cmp_load(&self, other: &Self) -> Ordering {
         let a = u64::from(self.load) * u64::from(other.capacity);
         let b = u64::from(other.load) * u64::from(self.capacity);
+        let filling = |c: &Self| c.wants > 0 && c.taken > 0;
         (other.wants > 0)
             .cmp(&(self.wants > 0))
+            .then(filling(other).cmp(&filling(self)))
             .then(a.cmp(&b))
             .then(self.load.cmp(&other.load))
             .then(self.last_assigned.cmp(&other.last_assigned))
@@ -293,6 +303,7 @@ impl Engine {
                     capacity: info.max_concurrent.unwrap_or(default_capacity).max(1),
                     last_assigned: info.last_assigned,
                     wants: wants.get(id.as_str()).copied().unwrap_or(0),
+                    taken: 0,
                 })
             })
             .collect();
@@ -448,5 +459,76 @@ impl Engine {
             }
         }
         self.waiters = keep;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str, load: u32, capacity: u32, wants: u32) -> Candidate {
+        Candidate {
+            id: id.to_owned(),
+            load,
+            capacity,
+            last_assigned: 0,
+            wants,
+            taken: 0,
+        }
+    }
+
+    /// Who `dispatch` would pick for each of `n` tasks in one pass.
+    fn picks(mut cands: Vec<Candidate>, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let Some(best) = (0..cands.len())
+                .filter(|&i| cands[i].has_room())
+                .min_by(|&a, &b| cands[a].cmp_load(&cands[b]))
+            else {
+                break;
+            };
+            cands[best].take();
+            out.push(cands[best].id.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn a_waiting_claim_comes_first_and_is_filled_before_the_next() {
+        // `busy` and `full-claim` wait on claims (for 2 and 1 tasks);
+        // `idle` holds nothing but does not wait; `light` waits for 3.
+        // Once `light` has one task more it is as loaded as `busy`, yet
+        // its claim is filled first.
+        let cands = vec![
+            agent("idle", 0, 10, 0),
+            agent("busy", 2, 10, 2),
+            agent("light", 1, 10, 3),
+            agent("full-claim", 9, 10, 1),
+        ];
+        assert_eq!(
+            picks(cands, 8),
+            [
+                // The least loaded waiting claim, filled to what it asked.
+                "light",
+                "light",
+                "light",
+                // The next least loaded waiting claim, filled.
+                "busy",
+                "busy",
+                // The last waiting claim.
+                "full-claim",
+                // No claim waits: least loaded by capacity.
+                "idle",
+                "idle",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_waiting_claims_load_is_counted_against_capacity() {
+        let cands = vec![agent("big", 1, 4, 0), agent("small", 1, 2, 0)];
+        // 1 of 4 is less than 1 of 2; then 2 of 4 ties 1 of 2 and the
+        // agent holding fewer goes first.
+        assert_eq!(picks(cands, 4), ["big", "small", "big", "big"]);
     }
 }
