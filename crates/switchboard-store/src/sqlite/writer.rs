@@ -54,12 +54,11 @@ impl Writer {
 ///
 /// A task holds the connection from the moment the lock is handed to it
 /// until it is next polled after its last statement. Among the request
-/// handlers of a busy hub, a task waited in the runtime's queue for
-/// milliseconds at each of those moments while every other writer waited
-/// for it (an audit append of one record held the connection for 3–10 ms).
-/// On a thread of its own it is polled as soon as the system schedules the
-/// thread. The hot writers (the task engine, the audit log, the group
-/// commits) run this way.
+/// handlers of a busy hub, a task can wait in the runtime's queue for
+/// milliseconds at each of those moments while every other writer waits
+/// for it. On a thread of its own it is polled as soon as the system
+/// schedules the thread. The hot writers (the task engine, the audit log,
+/// the group commits, the checkpointer) run this way.
 pub fn spawn_writer<F>(
     name: &str,
     work: F,
