@@ -238,6 +238,28 @@ pub(crate) async fn list(hub: &TestHub, query: &str) -> Value {
     v
 }
 
+/// A long-polling claim sent in the background; its answer's JSON.
+fn spawn_claim(
+    hub: &TestHub,
+    agent: &str,
+    max: u32,
+    wait_ms: u64,
+) -> tokio::task::JoinHandle<Value> {
+    let http = hub.http.clone();
+    let url = hub.url("/api/v1/tasks/claim");
+    let body = json!({"agent_id": agent, "max_tasks": max, "wait_ms": wait_ms});
+    tokio::spawn(async move {
+        http.post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json")
+    })
+}
+
 /// How many tasks `agent` holds (assigned or in progress).
 async fn held(hub: &TestHub, agent: &str) -> u64 {
     list(
@@ -654,22 +676,7 @@ async fn an_agent_whose_claim_waits_gets_a_task_before_a_less_loaded_one() {
     // Once `eager` waits on a claim, the next task goes to it, answered at
     // once, though `idle` holds less. Until the claim is parked, tasks
     // still go to `idle`; each is cancelled so that `idle` stays empty.
-    let waiting = {
-        let http = hub.http.clone();
-        let url = hub.url("/api/v1/tasks/claim");
-        tokio::spawn(async move {
-            let v: Value = http
-                .post(url)
-                .json(&json!({"agent_id": "eager", "max_tasks": 4, "wait_ms": 15000}))
-                .send()
-                .await
-                .expect("send")
-                .json()
-                .await
-                .expect("json");
-            v
-        })
-    };
+    let waiting = spawn_claim(&hub, "eager", 4, 15000);
     let mut n = 0;
     let taken = eventually(WAIT, "a task given to the waiting claim", || {
         n += 1;
@@ -795,28 +802,14 @@ async fn a_claim_waits_for_work_and_returns_as_soon_as_some_arrives() {
     );
 
     // A long poll gets a task created while it waits, at once.
-    let waiting = {
-        let http = hub.http.clone();
-        let url = hub.url("/api/v1/tasks/claim");
-        tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let v: Value = http
-                .post(url)
-                .json(&json!({"agent_id": "poller", "max_tasks": 2, "wait_ms": 15000}))
-                .send()
-                .await
-                .expect("send")
-                .json()
-                .await
-                .expect("json");
-            (v, started.elapsed())
-        })
-    };
+    let started = tokio::time::Instant::now();
+    let waiting = spawn_claim(&hub, "poller", 2, 15000);
     create(&hub, json!({"id": "arrives", "type": "poll"})).await;
-    let (v, took) = tokio::time::timeout(WAIT, waiting)
+    let v = tokio::time::timeout(WAIT, waiting)
         .await
         .expect("the claim came back")
         .expect("task");
+    let took = started.elapsed();
     assert_eq!(
         ids(v["tasks"].as_array().expect("tasks")),
         ["arrives"],
