@@ -51,16 +51,8 @@ impl Endpoint {
         })
     }
 
-    /// The upstream URI for `path_and_query` (which starts with `/`).
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.base_path))
-            .build()
-    }
-
-    /// The origin-form URI (path and query only) for `path_and_query`.
+    /// The origin-form URI (path and query only) for `path_and_query`
+    /// (which starts with `/`): the endpoint's path, then it.
     pub fn origin_form(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let path = if self.base_path.is_empty() {
             http::uri::PathAndQuery::try_from(path_and_query)?
@@ -68,6 +60,15 @@ impl Endpoint {
             http::uri::PathAndQuery::try_from(format!("{}{path_and_query}", self.base_path))?
         };
         Ok(Uri::from(path))
+    }
+
+    /// The absolute URI of `origin` (an origin-form URI) on this endpoint.
+    pub fn absolute(&self, origin: &Uri) -> Result<Uri, http::Error> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(self.scheme.clone());
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = origin.path_and_query().cloned();
+        Ok(Uri::from_parts(uri)?)
     }
 }
 
@@ -337,13 +338,14 @@ mod tests {
 
     #[test]
     fn endpoints_join_paths() {
+        let uri = |e: &Endpoint, p: &str| {
+            let origin = e.origin_form(p).expect("origin form");
+            e.absolute(&origin).expect("uri").to_string()
+        };
         let e = Endpoint::parse("http://127.0.0.1:8081/base/").expect("endpoint");
-        assert_eq!(
-            e.uri("/x?y=1").expect("uri").to_string(),
-            "http://127.0.0.1:8081/base/x?y=1"
-        );
+        assert_eq!(uri(&e, "/x?y=1"), "http://127.0.0.1:8081/base/x?y=1");
         let e = Endpoint::parse("https://svc.example").expect("endpoint");
-        assert_eq!(e.uri("/").expect("uri").to_string(), "https://svc.example/");
+        assert_eq!(uri(&e, "/"), "https://svc.example/");
         assert!(Endpoint::parse("ftp://x").is_none());
         assert!(Endpoint::parse("/relative").is_none());
     }

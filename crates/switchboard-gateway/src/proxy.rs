@@ -164,11 +164,9 @@ impl Upstream {
         inst: &Instance,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<hyper::body::Incoming>, SendError> {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(inst.endpoint.scheme.clone());
-        uri.authority = Some(inst.endpoint.authority.clone());
-        uri.path_and_query = req.uri().path_and_query().cloned();
-        *req.uri_mut() = http::Uri::from_parts(uri)
+        *req.uri_mut() = inst
+            .endpoint
+            .absolute(req.uri())
             .map_err(|e| SendError::Connect(format!("cannot build the upstream URI: {e}")))?;
         self.client.request(req).await.map_err(|e| {
             if !e.is_connect() {
