@@ -239,11 +239,10 @@ impl SqliteStore {
         let stop = CancellationToken::new();
         // It holds the writer while it restarts the WAL: on a thread of its
         // own, like the other writers.
-        let _ends = spawn_writer(
+        writer::spawn_detached(
             "store-checkpoint",
             checkpointer(checkpoints.clone(), writer.clone(), stop.clone()),
-        )
-        .map_err(|e| storage_error("start the checkpoint thread", sqlx::Error::Io(e)))?;
+        )?;
         tracing::info!(path = %path.display(), "store opened");
         Ok(Self {
             liveness: Batcher::start(

@@ -12,7 +12,7 @@
 use std::future::Future;
 
 use super::Writer;
-use super::writer::spawn_writer;
+use super::writer::spawn_detached;
 use sqlx::Connection;
 use sqlx::SqliteConnection;
 use switchboard_core::{StorageError, StorageErrorKind};
@@ -70,18 +70,11 @@ impl<W: BatchWrite> std::fmt::Debug for Batcher<W> {
 
 impl<W: BatchWrite> Batcher<W> {
     /// Starts the batching task on `writer`, on a thread of its own (see
-    /// [`spawn_writer`]); it ends when every clone of the returned
-    /// `Batcher` is dropped.
+    /// `spawn_writer`); it ends when every clone of the returned `Batcher`
+    /// is dropped.
     pub(crate) fn start(name: &str, writer: Writer, kind: W) -> Result<Self, StorageError> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        // Nothing waits for the thread's end: it ends on its own once the
-        // queue closes.
-        let _ends = spawn_writer(name, run(writer, kind, rx)).map_err(|e| {
-            StorageError::new(
-                StorageErrorKind::Unavailable,
-                format!("start the {name} thread: {e}"),
-            )
-        })?;
+        spawn_detached(name, run(writer, kind, rx))?;
         Ok(Self { tx })
     }
 

@@ -132,7 +132,6 @@ impl TaskStore for SqliteStore {
             .bind(events)
             .fetch_all(&mut *conn)
             .await;
-
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {

@@ -82,3 +82,18 @@ where
         })?;
     Ok(async move { finished.await.ok() })
 }
+
+/// [`spawn_writer`] for a store task that ends on its own (when its queue
+/// closes or the store stops): nothing waits for its end.
+pub(super) fn spawn_detached<F>(name: &str, work: F) -> Result<(), StorageError>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    spawn_writer(name, work).map(drop).map_err(|e| {
+        StorageError::new(
+            StorageErrorKind::Unavailable,
+            format!("start the {name} thread: {e}"),
+        )
+    })
+}
