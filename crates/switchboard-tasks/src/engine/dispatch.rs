@@ -112,6 +112,14 @@ impl Candidate {
     }
 }
 
+/// Of the candidates at indexes `among`, the one with room that goes first
+/// (see [`Candidate::cmp_load`]).
+fn pick(cands: &[Candidate], among: impl Iterator<Item = usize>) -> Option<usize> {
+    among
+        .filter(|&i| cands[i].has_room())
+        .min_by(|&a, &b| cands[a].cmp_load(&cands[b]))
+}
+
 /// Ready tasks looked at per task type per dispatch, so that a long queue
 /// of tasks no agent can take does not stall the engine.
 const SCAN_BUDGET: usize = 10_000;
@@ -344,18 +352,16 @@ impl Engine {
                     .tasks
                     .get(id)
                     .map_or(&[], |t| t.capabilities.as_slice());
-                let best = able
-                    .iter()
-                    .copied()
-                    .filter(|&i| cands[i].has_room())
-                    .filter(|&i| {
+                let best = pick(
+                    &cands,
+                    able.iter().copied().filter(|&i| {
                         needs.is_empty()
                             || self
                                 .agents
                                 .get(&cands[i].id)
                                 .is_some_and(|info| needs.iter().all(|n| info.has(n)))
-                    })
-                    .min_by(|&a, &b| cands[a].cmp_load(&cands[b]));
+                    }),
+                );
                 match best {
                     Some(i) => {
                         cands[i].take();
@@ -481,10 +487,7 @@ mod tests {
     fn picks(mut cands: Vec<Candidate>, n: usize) -> Vec<String> {
         let mut out = Vec::new();
         for _ in 0..n {
-            let Some(best) = (0..cands.len())
-                .filter(|&i| cands[i].has_room())
-                .min_by(|&a, &b| cands[a].cmp_load(&cands[b]))
-            else {
+            let Some(best) = pick(&cands, 0..cands.len()) else {
                 break;
             };
             cands[best].take();
