@@ -106,15 +106,16 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         .await
         .expect("spawn");
     let body = agent("in-flight", "worker", &[]).to_string();
-    let (head, tail) = body.split_at(body.len() / 2);
 
-    // Start a request and send half its body.
+    // Start a request and wait until the hub is handling it: it asks for
+    // the body (`100 Continue`) once its handler reads it. A connection
+    // merely accepted, its request not yet read, is not in flight.
     let mut conn = tokio::net::TcpStream::connect(hub.addr)
         .await
         .expect("connect");
     conn.write_all(
         format!(
-            "POST /api/v1/agents/register HTTP/1.1\r\nhost: hub\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+            "POST /api/v1/agents/register HTTP/1.1\r\nhost: hub\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
             switchboard_test::ADMIN_TOKEN,
             body.len()
         )
@@ -122,22 +123,21 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     )
     .await
     .expect("write head");
-    // Make sure the hub has accepted that connection before the signal: a
-    // connection still in the listen backlog is not in flight. Accepts are
-    // first in, first out, so once a later connection is answered, ours
-    // has been accepted.
-    eventually(
-        Duration::from_secs(10),
-        "a later request answered",
-        || async {
-            reqwest::get(hub.url("/healthz"))
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-        },
-    )
-    .await
-    .expect("hub answers");
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut byte))
+            .await
+            .expect("100 Continue in time")
+            .expect("read");
+        assert_eq!(n, 1, "connection closed before 100 Continue: {interim:?}");
+        interim.push(byte[0]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
 
     hub.signal("-TERM").await.expect("SIGTERM");
     // The hub stops accepting new connections...
@@ -150,7 +150,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     .await
     .expect("closed");
     // ...but the request already under way completes.
-    conn.write_all(tail.as_bytes()).await.expect("write tail");
+    conn.write_all(body.as_bytes()).await.expect("write body");
     let mut answer = String::new();
     conn.read_to_string(&mut answer).await.expect("read");
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
