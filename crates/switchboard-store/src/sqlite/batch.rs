@@ -3,8 +3,9 @@
 //!
 //! A [`Batcher`] owns a queue of items. One task takes every item waiting
 //! (up to [`MAX_BATCH`]), hands them to [`BatchWrite::write`] inside one
-//! transaction on the writer connection, commits once, and only then
-//! answers each caller. No caller is answered before its write is
+//! transaction on the writer connection (begun and committed by the kind
+//! itself where it says so, to save round trips), commits once, and only
+//! then answers each caller. No caller is answered before its write is
 //! committed. Under light load a batch is a single item, so nothing waits
 //! for a batch to fill; under heavy load one commit (and one statement)
 //! serves hundreds of writes.
@@ -32,8 +33,15 @@ pub(crate) trait BatchWrite: Send + Sync + 'static {
     /// What its caller is answered.
     type Output: Send + 'static;
 
-    /// Applies `items` in order on `conn` (inside a transaction) and
-    /// returns one output per item, in the same order.
+    /// Whether [`write`](Self::write) begins and commits the transaction
+    /// itself (so that `BEGIN` and `COMMIT` travel with its statements
+    /// instead of as round trips to SQLite's thread of their own), and
+    /// rolls it back when it fails.
+    const OWN_TRANSACTION: bool = false;
+
+    /// Applies `items` in order on `conn` (inside a transaction, unless
+    /// [`OWN_TRANSACTION`](Self::OWN_TRANSACTION)) and returns one output
+    /// per item, in the same order.
     fn write(
         &self,
         conn: &mut SqliteConnection,
@@ -127,15 +135,28 @@ async fn commit<W: BatchWrite>(
 ) -> Result<Vec<W::Output>, StorageError> {
     let ctx = "batched write";
     let mut conn = writer.lock().await?;
-    let mut tx = conn.begin().await.map_err(|e| storage_error(ctx, e))?;
-    let outputs = kind.write(&mut tx, items).await?;
-    if outputs.len() != items.len() {
-        return Err(StorageError::new(
-            StorageErrorKind::Other,
-            format!("{ctx}: {} outputs for {} items", outputs.len(), items.len()),
-        ));
-    }
-    tx.commit().await.map_err(|e| storage_error(ctx, e))?;
+    let outputs = if W::OWN_TRANSACTION {
+        // Committed already: a count that does not match is a bug,
+        // reported to every caller of the batch.
+        counted(kind.write(&mut conn, items).await?, items.len())?
+    } else {
+        let mut tx = conn.begin().await.map_err(|e| storage_error(ctx, e))?;
+        let outputs = counted(kind.write(&mut tx, items).await?, items.len())?;
+        tx.commit().await.map_err(|e| storage_error(ctx, e))?;
+        outputs
+    };
     kind.committed(&outputs);
     Ok(outputs)
+}
+
+/// `outputs`, if there is one for each of the `items` written.
+fn counted<T>(outputs: Vec<T>, items: usize) -> Result<Vec<T>, StorageError> {
+    if outputs.len() == items {
+        Ok(outputs)
+    } else {
+        Err(StorageError::new(
+            StorageErrorKind::Other,
+            format!("batched write: {} outputs for {items} items", outputs.len()),
+        ))
+    }
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::SqliteStore;
 use super::batch::BatchWrite;
+use super::writer::rollback;
 use crate::{corrupt, storage_error};
 
 use switchboard_bus::event::ext::PARTITION_KEY;
@@ -181,14 +182,12 @@ impl Recent {
     }
 }
 
-impl BatchWrite for AppendWrite {
-    type Item = AppendItem;
-    type Output = Vec<Event>;
-
-    async fn write(
+impl AppendWrite {
+    /// Appends `items` in one transaction that it begins and commits.
+    async fn append(
         &self,
         conn: &mut SqliteConnection,
-        items: &[Self::Item],
+        items: &[AppendItem],
     ) -> Result<Vec<Vec<Event>>, StorageError> {
         let now = self.clock.now_ms();
         // Earlier copies of the batch's events, found with one query.
@@ -202,7 +201,7 @@ impl BatchWrite for AppendWrite {
             })
             .collect();
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM events e JOIN json_each(?1) j \
+            "BEGIN; SELECT {} FROM events e JOIN json_each(?1) j \
              ON e.source = j.value ->> 's' AND e.id = j.value ->> 'i' \
              WHERE e.appended_at >= j.value ->> 't' ORDER BY e.seq",
             COLUMNS
@@ -231,7 +230,7 @@ impl BatchWrite for AppendWrite {
                 fresh.push(e);
             }
         }
-        let seqs = insert_events(conn, &fresh, now).await?;
+        let seqs = insert(conn, &fresh, now, true).await?;
         for (e, seq) in fresh.iter().zip(seqs) {
             seen.insert(
                 (e.source.clone(), e.id.clone()),
@@ -251,6 +250,27 @@ impl BatchWrite for AppendWrite {
                     .collect()
             })
             .collect()
+    }
+}
+
+impl BatchWrite for AppendWrite {
+    type Item = AppendItem;
+    type Output = Vec<Event>;
+
+    /// A batch is two round trips to SQLite's thread: `BEGIN` with the
+    /// lookup of earlier copies, then the inserts with `COMMIT`.
+    const OWN_TRANSACTION: bool = true;
+
+    async fn write(
+        &self,
+        conn: &mut SqliteConnection,
+        items: &[Self::Item],
+    ) -> Result<Vec<Vec<Event>>, StorageError> {
+        let written = self.append(conn, items).await;
+        if written.is_err() {
+            rollback(conn, "append").await;
+        }
+        written
     }
 
     fn committed(&self, outputs: &[Vec<Event>]) {
@@ -344,12 +364,36 @@ pub(crate) async fn insert_events(
     events: &[&NewEvent],
     now: UnixMillis,
 ) -> Result<Vec<u64>, StorageError> {
+    insert(conn, events, now, false).await
+}
+
+/// [`insert_events`]; with `commit`, the transaction is committed in the
+/// same round trip as the last insert.
+async fn insert(
+    conn: &mut SqliteConnection,
+    events: &[&NewEvent],
+    now: UnixMillis,
+    commit: bool,
+) -> Result<Vec<u64>, StorageError> {
     let ctx = "append events";
+    if events.is_empty() {
+        if commit {
+            sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| storage_error(ctx, e))?;
+        }
+        return Ok(Vec::new());
+    }
     let mut seqs: Vec<u64> = Vec::with_capacity(events.len());
-    for chunk in events.chunks(INSERT_CHUNK) {
+    let chunks = events.len().div_ceil(INSERT_CHUNK);
+    for (i, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
         let mut q = QueryBuilder::<Sqlite>::new("");
         push_insert_events(&mut q, chunk, now);
         q.push(" RETURNING seq");
+        if commit && i + 1 == chunks {
+            q.push("; COMMIT");
+        }
         let mut got: Vec<i64> = q
             .build_query_scalar()
             .fetch_all(&mut *conn)

@@ -12,6 +12,7 @@ use switchboard_tasks::{
 
 use super::SqliteStore;
 use super::events::{advance, event_row, stored};
+use super::writer::rollback;
 use crate::{corrupt, storage_error};
 
 /// Rows per `IN (…)` list of a read.
@@ -135,11 +136,7 @@ impl TaskStore for SqliteStore {
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                // The script stopped inside its transaction: end it, so the
-                // connection's next user does not write into it.
-                if let Err(error) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    tracing::debug!(%error, "rollback after a failed task write");
-                }
+                rollback(&mut conn, "task write").await;
                 return Err(storage_error(ctx, e));
             }
         };

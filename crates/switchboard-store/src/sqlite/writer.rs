@@ -48,6 +48,15 @@ impl Writer {
     }
 }
 
+/// Ends the transaction a failed script left open on `conn` (a script that
+/// begins its own transaction stops inside it when a statement fails), so
+/// that the connection's next user does not write into it.
+pub(crate) async fn rollback(conn: &mut SqliteConnection, what: &str) {
+    if let Err(error) = sqlx::query("ROLLBACK").execute(conn).await {
+        tracing::debug!(%error, "rollback after a failed {what}");
+    }
+}
+
 /// Runs `work`, a task that takes the write connection, on a thread of its
 /// own with a runtime of its own; the returned future resolves to its
 /// output.
