@@ -500,4 +500,59 @@ mod tests {
             Some(2)
         );
     }
+
+    fn new_event(id: &str) -> NewEvent {
+        NewEvent {
+            id: id.into(),
+            source: "/t".into(),
+            event_type: "t".into(),
+            topic: "t".into(),
+            subject: None,
+            time: None,
+            datacontenttype: "application/json".into(),
+            data: Some(serde_json::json!({ "id": id })),
+            extensions: Map::new(),
+        }
+    }
+
+    /// A group commit that fails part way (here: its second event is
+    /// refused) stores none of its events and leaves the writer usable:
+    /// the retry of the same events is stored whole, each event once.
+    #[tokio::test]
+    async fn a_failed_append_stores_nothing_and_its_retry_is_stored_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&super::super::SqliteConfig::new(dir.path()))
+            .await
+            .expect("open");
+        let window = 60_000;
+        let first = store
+            .append(vec![new_event("a")], window)
+            .await
+            .expect("append a");
+        sqlx::query(
+            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.events \
+             WHEN NEW.id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&mut *store.writer.lock().await.expect("writer"))
+        .await
+        .expect("trigger");
+        let batch = || vec![new_event("b"), new_event("poison")];
+        let failed = store.append(batch(), window).await;
+        assert!(failed.is_err(), "{failed:?}");
+
+        sqlx::query("DROP TRIGGER temp.refuse")
+            .execute(&mut *store.writer.lock().await.expect("writer"))
+            .await
+            .expect("drop trigger");
+        let retried = store.append(batch(), window).await.expect("retry");
+        let offsets: Vec<u64> = retried.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![first[0].offset + 1, first[0].offset + 2]);
+        let log = store
+            .read(ReadFrom::After(0), 100)
+            .await
+            .expect("read the log");
+        let ids: Vec<&str> = log.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "b", "poison"], "nothing of the failed batch");
+        store.close().await;
+    }
 }
