@@ -1,7 +1,7 @@
 //! `EventLog` for SQLite.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -182,6 +182,22 @@ impl Recent {
     }
 }
 
+/// `BEGIN`, then the stored copies of a batch's events within their
+/// windows, oldest first: `?1` is a JSON array of `{"s": source, "i": id,
+/// "t": oldest appended_at}`. Built once.
+static DUPLICATES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "BEGIN; SELECT {} FROM events e JOIN json_each(?1) j \
+         ON e.source = j.value ->> 's' AND e.id = j.value ->> 'i' \
+         WHERE e.appended_at >= j.value ->> 't' ORDER BY e.seq",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+});
+
 impl AppendWrite {
     /// Appends `items` in one transaction that it begins and commits.
     async fn append(
@@ -200,40 +216,30 @@ impl AppendWrite {
                     .map(move |e| serde_json::json!({"s": e.source, "i": e.id, "t": since}))
             })
             .collect();
-        let rows = sqlx::query(&format!(
-            "BEGIN; SELECT {} FROM events e JOIN json_each(?1) j \
-             ON e.source = j.value ->> 's' AND e.id = j.value ->> 'i' \
-             WHERE e.appended_at >= j.value ->> 't' ORDER BY e.seq",
-            COLUMNS
-                .split(", ")
-                .map(|c| format!("e.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .bind(Value::Array(keys).to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| storage_error("look for duplicate events", e))?;
-        let mut seen: std::collections::HashMap<(String, String), Event> =
-            std::collections::HashMap::new();
-        for row in &rows {
-            let e = decode(row)?;
-            seen.entry((e.source.clone(), e.id.clone())).or_insert(e);
+        let rows = sqlx::query(&DUPLICATES)
+            .bind(Value::Array(keys).to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| storage_error("look for duplicate events", e))?;
+        let found: Vec<Event> = rows.iter().map(decode).collect::<Result<_, _>>()?;
+        // Keyed by borrowed strings, so that no lookup copies a key.
+        let mut seen: HashMap<(&str, &str), Event> = HashMap::new();
+        for e in &found {
+            seen.entry((&e.source, &e.id)).or_insert_with(|| e.clone());
         }
         // Which events are new, first occurrence only.
         let mut fresh: Vec<&NewEvent> = Vec::new();
-        let mut batch_keys: std::collections::HashSet<(&str, &str)> =
-            std::collections::HashSet::new();
+        let mut batch_keys: HashSet<(&str, &str)> = HashSet::new();
         for e in items.iter().flat_map(|it| &it.events) {
             let key = (e.source.as_str(), e.id.as_str());
-            if !seen.contains_key(&(e.source.clone(), e.id.clone())) && batch_keys.insert(key) {
+            if !seen.contains_key(&key) && batch_keys.insert(key) {
                 fresh.push(e);
             }
         }
         let seqs = insert(conn, &fresh, now, true).await?;
         for (e, seq) in fresh.iter().zip(seqs) {
             seen.insert(
-                (e.source.clone(), e.id.clone()),
+                (e.source.as_str(), e.id.as_str()),
                 stored((*e).clone(), seq, now),
             );
         }
@@ -243,7 +249,7 @@ impl AppendWrite {
                 it.events
                     .iter()
                     .map(|e| {
-                        seen.get(&(e.source.clone(), e.id.clone()))
+                        seen.get(&(e.source.as_str(), e.id.as_str()))
                             .cloned()
                             .ok_or_else(|| corrupt("append events", "an event lost its place"))
                     })
