@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::ConnectOptions;
@@ -110,6 +111,9 @@ pub struct SqliteStore {
     /// One connection that copies the WAL into the database file.
     checkpoints: SqlitePool,
     stop_checkpoints: CancellationToken,
+    /// Closed when the last clone of the store is dropped, after `close`
+    /// closed the connections: see [`Flush`].
+    _flush: Arc<Flush>,
     path: PathBuf,
     /// Stamps appends made outside the batchers (task rounds).
     clock: Clock,
@@ -130,15 +134,25 @@ const RESTART_FRAMES: i64 = 16_384;
 /// grew by hundreds of megabytes a minute, and every lookup in it slowed
 /// with it. So once the WAL holds more than [`RESTART_FRAMES`] pages (64
 /// MiB of 4 KiB pages), a RESTART checkpoint runs on the writer's own
-/// connection, between two of its transactions: it copies the little the
-/// passive one left and starts the WAL over. (Run beside the writer, it
+/// connection, between two of its transactions: it copies what the
+/// passive ones left and starts the WAL over. (Run beside the writer, it
 /// would make the writer's next transaction fail with `SQLITE_BUSY`.)
-/// Writes wait while it runs: at 5,000 tasks/s (about 100 MB of WAL a
-/// second) a restart took 6–30 ms, most of it the two fsyncs (the WAL's
-/// tail, then the database file) that must come before the WAL is
-/// overwritten; copying what the passive checkpoint left is a small part,
-/// so running more passive checkpoints first did not shorten it.
-async fn checkpointer(pool: SqlitePool, writer: Writer, stop: CancellationToken) {
+///
+/// Writes wait while it runs, and most of its time is two fsyncs that
+/// must come before the WAL is overwritten: the WAL's tail, then the
+/// database file. A passive checkpoint that does not reach the WAL's end
+/// (under load, none does) leaves the pages it copied unflushed, so the
+/// restart's fsync of the database file had to write all of them: at
+/// 5,000 tasks/s (about 100 MB of WAL a second) a restart took 20–50 ms.
+/// So before it takes the writer, the checkpointer flushes the database
+/// file itself, twice, each after a passive checkpoint (see [`Flush`]);
+/// the restart then writes only what was copied or appended since.
+async fn checkpointer(
+    pool: SqlitePool,
+    writer: Writer,
+    flush: Arc<Flush>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -146,30 +160,90 @@ async fn checkpointer(pool: SqlitePool, writer: Writer, stop: CancellationToken)
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // Columns: busy, frames in the WAL, frames copied.
-        let frames = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&pool)
-            .await;
-        match frames {
-            Ok((_, log, _)) if log > RESTART_FRAMES => {
-                let started = std::time::Instant::now();
-                let restarted = match writer.lock().await {
-                    Ok(mut conn) => sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(|e| storage_error("restart the WAL", e)),
-                    Err(e) => Err(e),
-                };
-                match restarted {
-                    Ok(_) => {
-                        tracing::debug!(frames = log, took = ?started.elapsed(), "WAL restarted")
-                    }
-                    Err(error) => tracing::warn!(%error, "WAL restart failed"),
-                }
+        let log = match passive(&pool).await {
+            Ok(log) => log,
+            Err(error) => {
+                tracing::warn!(%error, "WAL checkpoint failed");
+                continue;
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "WAL checkpoint failed"),
+        };
+        if log <= RESTART_FRAMES {
+            continue;
         }
+        let started = std::time::Instant::now();
+        let flushed = async {
+            flush.database()?;
+            passive(&pool).await?;
+            flush.database()
+        }
+        .await;
+        if let Err(error) = flushed {
+            // The restart's own fsyncs still make it safe, only slower.
+            tracing::warn!(%error, "flushing the database before a WAL restart failed");
+        }
+        let flushing = started.elapsed();
+        let restarted = match writer.lock().await {
+            Ok(mut conn) => {
+                let locked = std::time::Instant::now();
+                sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| (locked - started - flushing, locked.elapsed()))
+                    .map_err(|e| storage_error("restart the WAL", e))
+            }
+            Err(e) => Err(e),
+        };
+        match restarted {
+            Ok((waited, held)) => {
+                tracing::debug!(frames = log, ?flushing, ?waited, ?held, "WAL restarted")
+            }
+            Err(error) => tracing::warn!(%error, "WAL restart failed"),
+        }
+    }
+}
+
+/// A passive checkpoint; the WAL's length in pages.
+async fn passive(pool: &SqlitePool) -> Result<i64, StorageError> {
+    // Columns: busy, frames in the WAL, frames copied.
+    let (_, log, _) = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| storage_error("checkpoint the WAL", e))?;
+    Ok(log)
+}
+
+/// A handle on the database file through which the checkpointer flushes
+/// it to disk (`fdatasync`) without SQLite, and so without the writer.
+/// SQLite's own fsyncs keep the database safe; this one only leaves them
+/// less to write.
+///
+/// It stays open as long as the store: closing any descriptor of a file
+/// drops every POSIX lock the process holds on it, SQLite's included, so
+/// it must outlive the connections ([`SqliteStore::close`] closes them
+/// first).
+#[derive(Debug)]
+struct Flush {
+    db: std::fs::File,
+}
+
+impl Flush {
+    fn open(path: &Path) -> Result<Self, StorageError> {
+        let db = std::fs::File::open(path).map_err(|e| {
+            StorageError::new(
+                StorageErrorKind::Unavailable,
+                format!("open {} to flush it: {e}", path.display()),
+            )
+        })?;
+        Ok(Self { db })
+    }
+
+    fn database(&self) -> Result<(), StorageError> {
+        self.db.sync_data().map_err(|e| {
+            StorageError::new(
+                StorageErrorKind::Unavailable,
+                format!("flush the database file: {e}"),
+            )
+        })
     }
 }
 
@@ -235,13 +309,19 @@ impl SqliteStore {
             .connect_with(base)
             .await
             .map_err(|e| storage_error(&format!("open {} for checkpoints", path.display()), e))?;
+        let flush = Arc::new(Flush::open(&path)?);
         let recent = Recent::default();
         let stop = CancellationToken::new();
         // It holds the writer while it restarts the WAL: on a thread of its
         // own, like the other writers.
         writer::spawn_detached(
             "store-checkpoint",
-            checkpointer(checkpoints.clone(), writer.clone(), stop.clone()),
+            checkpointer(
+                checkpoints.clone(),
+                writer.clone(),
+                flush.clone(),
+                stop.clone(),
+            ),
         )?;
         tracing::info!(path = %path.display(), "store opened");
         Ok(Self {
@@ -273,6 +353,7 @@ impl SqliteStore {
             reader,
             checkpoints,
             stop_checkpoints: stop,
+            _flush: flush,
             path,
             clock: config.clock.clone(),
         })
