@@ -396,25 +396,33 @@ async fn insert(
     for (i, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
         let mut q = QueryBuilder::<Sqlite>::new("");
         push_insert_events(&mut q, chunk, now);
-        q.push(" RETURNING seq");
+        // Rows are numbered in the order of VALUES, one after another (one
+        // writer, AUTOINCREMENT), so the last number and the count give
+        // every offset: one row back instead of one per event.
+        q.push("; SELECT last_insert_rowid(), changes()");
         if commit && i + 1 == chunks {
             q.push("; COMMIT");
         }
-        let mut got: Vec<i64> = q
-            .build_query_scalar()
+        // `fetch_all`: a stream dropped after its first row would not run
+        // the COMMIT that follows.
+        let rows: Vec<(i64, i64)> = q
+            .build_query_as()
             .fetch_all(&mut *conn)
             .await
             .map_err(|e| storage_error(ctx, e))?;
-        // Rows are numbered in the order of VALUES; RETURNING's order is
-        // not promised, so sort.
-        got.sort_unstable();
-        seqs.extend(got.into_iter().map(|s| u64::try_from(s).unwrap_or(0)));
-    }
-    if seqs.len() != events.len() {
-        return Err(corrupt(
-            ctx,
-            format!("{} rows for {} events", seqs.len(), events.len()),
-        ));
+        let (last, n) = rows.first().map_or((0, 0), |&(last, n)| {
+            (
+                u64::try_from(last).unwrap_or(0),
+                u64::try_from(n).unwrap_or(0),
+            )
+        });
+        if n != chunk.len() as u64 || last < n {
+            return Err(corrupt(
+                ctx,
+                format!("{n} rows up to offset {last} for {} events", chunk.len()),
+            ));
+        }
+        seqs.extend(last - n + 1..=last);
     }
     Ok(seqs)
 }
@@ -519,6 +527,51 @@ mod tests {
             data: Some(serde_json::json!({ "id": id })),
             extensions: Map::new(),
         }
+    }
+
+    /// The offsets an append answers are the ones stored: across the
+    /// chunks of a large batch, and after the newest events were removed
+    /// (AUTOINCREMENT never hands their numbers out again).
+    #[tokio::test]
+    async fn answered_offsets_are_the_stored_ones() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&super::super::SqliteConfig::new(dir.path()))
+            .await
+            .expect("open");
+        let window = 60_000;
+        let stored_offsets = |log: &[Event]| -> HashMap<String, u64> {
+            log.iter().map(|e| (e.id.clone(), e.offset)).collect()
+        };
+
+        let n = 2 * INSERT_CHUNK + 7;
+        let batch: Vec<NewEvent> = (0..n).map(|i| new_event(&format!("e{i}"))).collect();
+        let answered = store.append(batch, window).await.expect("append");
+        let log = store.read(ReadFrom::After(0), 5000).await.expect("read");
+        assert_eq!(log.len(), n);
+        let stored = stored_offsets(&log);
+        for e in &answered {
+            assert_eq!(stored.get(&e.id), Some(&e.offset), "event {}", e.id);
+        }
+        let offsets: Vec<u64> = answered.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, (1..=n as u64).collect::<Vec<_>>());
+
+        sqlx::query("DELETE FROM events WHERE seq > ?")
+            .bind(i64::try_from(n).expect("small") - 5)
+            .execute(&mut *store.writer.lock().await.expect("writer"))
+            .await
+            .expect("delete the newest");
+        let later = store
+            .append(vec![new_event("x"), new_event("y")], window)
+            .await
+            .expect("append after the delete");
+        let offsets: Vec<u64> = later.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![n as u64 + 1, n as u64 + 2], "never reused");
+        let log = store.read(ReadFrom::After(0), 5000).await.expect("read");
+        let stored = stored_offsets(&log);
+        for e in &later {
+            assert_eq!(stored.get(&e.id), Some(&e.offset), "event {}", e.id);
+        }
+        store.close().await;
     }
 
     /// A group commit that fails part way (here: its second event is
