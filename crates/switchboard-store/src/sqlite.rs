@@ -143,7 +143,7 @@ const RESTART_FRAMES: i64 = 16_384;
 /// database file. A passive checkpoint that does not reach the WAL's end
 /// (under load, none does) leaves the pages it copied unflushed, so the
 /// restart's fsync of the database file had to write all of them: at
-/// 5,000 tasks/s (about 100 MB of WAL a second) a restart took 20–50 ms.
+/// 5,000 tasks/s (about 100 MB of WAL a second) a restart took 16–57 ms.
 /// So before it takes the writer, the checkpointer flushes the database
 /// file itself, twice, each after a passive checkpoint (see [`Flush`]);
 /// the restart then writes only what was copied or appended since.
