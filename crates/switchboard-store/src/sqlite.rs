@@ -111,9 +111,8 @@ pub struct SqliteStore {
     /// One connection that copies the WAL into the database file.
     checkpoints: SqlitePool,
     stop_checkpoints: CancellationToken,
-    /// Closed when the last clone of the store is dropped, after `close`
-    /// closed the connections: see [`Flush`].
-    _flush: Arc<Flush>,
+    /// Closed by `close`, after the connections: see [`Flush`].
+    flush: Arc<Flush>,
     path: PathBuf,
     /// Stamps appends made outside the batchers (task rounds).
     clock: Clock,
@@ -178,8 +177,11 @@ async fn checkpointer(
         }
         .await;
         if let Err(error) = flushed {
-            // The restart's own fsyncs still make it safe, only slower.
-            tracing::warn!(%error, "flushing the database before a WAL restart failed");
+            // A write the disk refused may be reported to one descriptor
+            // only; SQLite's own fsync might then succeed over lost pages,
+            // so the WAL is not started over until a flush succeeds.
+            tracing::error!(%error, "flushing the database failed; the WAL is not restarted");
+            continue;
         }
         let flushing = started.elapsed();
         let restarted = match writer.lock().await {
@@ -217,33 +219,57 @@ async fn passive(pool: &SqlitePool) -> Result<i64, StorageError> {
 /// SQLite's own fsyncs keep the database safe; this one only leaves them
 /// less to write.
 ///
-/// It stays open as long as the store: closing any descriptor of a file
-/// drops every POSIX lock the process holds on it, SQLite's included, so
-/// it must outlive the connections ([`SqliteStore::close`] closes them
-/// first).
+/// It stays open until [`SqliteStore::close`] has closed every
+/// connection: closing any descriptor of a file drops every POSIX lock the
+/// process holds on it, SQLite's included. (A store dropped without
+/// `close` keeps it, with its checkpointer and connections, open.)
 #[derive(Debug)]
 struct Flush {
-    db: std::fs::File,
+    db: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl Flush {
     fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = std::fs::File::open(path).map_err(|e| {
-            StorageError::new(
-                StorageErrorKind::Unavailable,
-                format!("open {} to flush it: {e}", path.display()),
-            )
-        })?;
-        Ok(Self { db })
+        // Writable: some systems flush only what a handle may write.
+        let db = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| {
+                StorageError::new(
+                    StorageErrorKind::Unavailable,
+                    format!("open {} to flush it: {e}", path.display()),
+                )
+            })?;
+        Ok(Self {
+            db: std::sync::Mutex::new(Some(db)),
+        })
     }
 
     fn database(&self) -> Result<(), StorageError> {
-        self.db.sync_data().map_err(|e| {
-            StorageError::new(
+        let db = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match db.as_ref() {
+            Some(f) => f.sync_data().map_err(|e| {
+                StorageError::new(
+                    StorageErrorKind::Unavailable,
+                    format!("flush the database file: {e}"),
+                )
+            }),
+            None => Err(StorageError::new(
                 StorageErrorKind::Unavailable,
-                format!("flush the database file: {e}"),
-            )
-        })
+                "the store is closed",
+            )),
+        }
+    }
+
+    /// Closes the descriptor; only once no connection is open.
+    fn close(&self) {
+        self.db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 }
 
@@ -353,7 +379,7 @@ impl SqliteStore {
             reader,
             checkpoints,
             stop_checkpoints: stop,
-            _flush: flush,
+            flush,
             path,
             clock: config.clock.clone(),
         })
@@ -377,6 +403,7 @@ impl SqliteStore {
         }
         self.checkpoints.close().await;
         self.writer.close().await;
+        self.flush.close();
     }
 }
 
