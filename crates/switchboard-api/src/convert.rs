@@ -327,8 +327,8 @@ pub(crate) fn dead_letter(d: bus::groups::DeadLetter) -> wire::DeadLetter {
 pub(crate) fn published(a: bus::Accepted) -> wire::Published {
     match a {
         bus::Accepted::Stored(e) => wire::Published {
-            id: e.id,
-            topic: e.topic,
+            id: e.id.clone(),
+            topic: e.topic.clone(),
             offset: Some(e.offset),
             scheduled_for: None,
         },

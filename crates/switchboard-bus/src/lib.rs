@@ -434,7 +434,7 @@ pub type Publishing =
 #[derive(Debug, Clone, PartialEq)]
 pub enum Accepted {
     /// In the log.
-    Stored(Event),
+    Stored(Arc<Event>),
     /// Held until it is due.
     Scheduled(Scheduled),
 }

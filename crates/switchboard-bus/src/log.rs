@@ -1,5 +1,7 @@
 //! The durable log, as a trait that storage backends implement.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use switchboard_core::{StorageError, UnixMillis};
 use tokio::sync::watch;
@@ -34,9 +36,12 @@ impl Trimmed {
     }
 }
 
-/// An append queued and not yet durable.
-pub type Appending =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Event>, StorageError>> + Send>>;
+/// An append queued and not yet durable. The events it resolves to are
+/// shared with the log's window of fresh events (and so with live
+/// delivery): one copy of each in memory.
+pub type Appending = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Arc<Event>>, StorageError>> + Send>,
+>;
 
 /// An event held for later delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +68,7 @@ pub trait EventLog: Send + Sync + 'static {
         &self,
         events: Vec<NewEvent>,
         dedup_window_ms: i64,
-    ) -> Result<Vec<Event>, StorageError> {
+    ) -> Result<Vec<Arc<Event>>, StorageError> {
         self.enqueue(events, dedup_window_ms).await?.await
     }
 
@@ -111,7 +116,7 @@ pub trait EventLog: Send + Sync + 'static {
     /// The events right after `after` (at most `limit`, in order, without
     /// a gap), if the log still holds them in memory; `None` sends the
     /// caller to [`EventLog::read`].
-    fn recent(&self, _after: u64, _limit: usize) -> Option<Vec<std::sync::Arc<Event>>> {
+    fn recent(&self, _after: u64, _limit: usize) -> Option<Vec<Arc<Event>>> {
         None
     }
 

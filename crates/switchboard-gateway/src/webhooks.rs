@@ -459,7 +459,7 @@ impl Gateway {
         match stored.into_iter().next() {
             Some(switchboard_bus::Accepted::Stored(e)) => Ok(Received {
                 id,
-                topic: e.topic,
+                topic: e.topic.clone(),
                 offset: e.offset,
             }),
             _ => Err(GatewayError::BadRequest(

@@ -63,9 +63,9 @@ pub(crate) async fn send(
     Ok((
         StatusCode::ACCEPTED,
         Json(MessageSent {
-            id: e.id,
+            id: e.id.clone(),
             to,
-            topic: e.topic,
+            topic: e.topic.clone(),
             offset: e.offset,
             correlation_id: corr,
         }),

@@ -152,7 +152,7 @@ impl Recent {
     /// Keeps `events` (in offset order); any not after the newest kept is
     /// dropped, so the window has no holes a reader could miss: a gap
     /// sends the dispatcher to the log.
-    pub(super) fn push(&self, events: impl Iterator<Item = Event>) {
+    pub(super) fn push(&self, events: impl Iterator<Item = Arc<Event>>) {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
             if q.back().is_some_and(|b| b.offset >= e.offset) {
@@ -161,7 +161,7 @@ impl Recent {
             if q.len() == RECENT {
                 q.pop_front();
             }
-            q.push_back(Arc::new(e));
+            q.push_back(e);
         }
     }
 
@@ -198,32 +198,46 @@ static DUPLICATES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// An element of [`DUPLICATES`]' array, serialized from borrowed strings.
+#[derive(serde::Serialize)]
+struct DedupKey<'a> {
+    s: &'a str,
+    i: &'a str,
+    t: UnixMillis,
+}
+
 impl AppendWrite {
     /// Appends `items` in one transaction that it begins and commits.
     async fn append(
         &self,
         conn: &mut SqliteConnection,
         items: &[AppendItem],
-    ) -> Result<Vec<Vec<Event>>, StorageError> {
+    ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
         let now = self.clock.now_ms();
         // Earlier copies of the batch's events, found with one query.
-        let keys: Vec<Value> = items
+        let keys: Vec<DedupKey<'_>> = items
             .iter()
             .flat_map(|it| {
-                let since = now.saturating_sub(it.dedup_window_ms);
-                it.events
-                    .iter()
-                    .map(move |e| serde_json::json!({"s": e.source, "i": e.id, "t": since}))
+                let t = now.saturating_sub(it.dedup_window_ms);
+                it.events.iter().map(move |e| DedupKey {
+                    s: &e.source,
+                    i: &e.id,
+                    t,
+                })
             })
             .collect();
+        let keys = serde_json::to_string(&keys).map_err(|e| corrupt("append events", e))?;
         let rows = sqlx::query(&DUPLICATES)
-            .bind(Value::Array(keys).to_string())
+            .bind(keys)
             .fetch_all(&mut *conn)
             .await
             .map_err(|e| storage_error("look for duplicate events", e))?;
-        let found: Vec<Event> = rows.iter().map(decode).collect::<Result<_, _>>()?;
+        let found: Vec<Arc<Event>> = rows
+            .iter()
+            .map(|r| decode(r).map(Arc::new))
+            .collect::<Result<_, _>>()?;
         // Keyed by borrowed strings, so that no lookup copies a key.
-        let mut seen: HashMap<(&str, &str), Event> = HashMap::new();
+        let mut seen: HashMap<(&str, &str), Arc<Event>> = HashMap::new();
         for e in &found {
             seen.entry((&e.source, &e.id)).or_insert_with(|| e.clone());
         }
@@ -240,7 +254,7 @@ impl AppendWrite {
         for (e, seq) in fresh.iter().zip(seqs) {
             seen.insert(
                 (e.source.as_str(), e.id.as_str()),
-                stored((*e).clone(), seq, now),
+                Arc::new(stored((*e).clone(), seq, now)),
             );
         }
         items
@@ -261,7 +275,7 @@ impl AppendWrite {
 
 impl BatchWrite for AppendWrite {
     type Item = AppendItem;
-    type Output = Vec<Event>;
+    type Output = Vec<Arc<Event>>;
 
     /// A batch is two round trips to SQLite's thread: `BEGIN` with the
     /// lookup of earlier copies, then the inserts with `COMMIT`.
@@ -271,7 +285,7 @@ impl BatchWrite for AppendWrite {
         &self,
         conn: &mut SqliteConnection,
         items: &[Self::Item],
-    ) -> Result<Vec<Vec<Event>>, StorageError> {
+    ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
         let written = self.append(conn, items).await;
         if written.is_err() {
             rollback(conn, "append").await;
@@ -279,8 +293,8 @@ impl BatchWrite for AppendWrite {
         written
     }
 
-    fn committed(&self, outputs: &[Vec<Event>]) {
-        let mut fresh: Vec<&Event> = outputs.iter().flatten().collect();
+    fn committed(&self, outputs: &[Vec<Arc<Event>>]) {
+        let mut fresh: Vec<&Arc<Event>> = outputs.iter().flatten().collect();
         fresh.sort_by_key(|e| e.offset);
         fresh.dedup_by_key(|e| e.offset);
         self.recent.push(fresh.into_iter().cloned());
@@ -314,7 +328,8 @@ pub(crate) struct EventRow {
 /// The computed columns of `e`.
 pub(crate) fn event_row(e: &NewEvent) -> EventRow {
     let data = e.data.as_ref().map(Value::to_string);
-    let extensions = Value::Object(e.extensions.clone()).to_string();
+    // A map of JSON values always serializes.
+    let extensions = serde_json::to_string(&e.extensions).unwrap_or_else(|_| "{}".to_owned());
     let size = e.id.len()
         + e.source.len()
         + e.event_type.len()
@@ -492,8 +507,8 @@ mod tests {
     #[test]
     fn recent_answers_only_contiguous_runs() {
         let r = Recent::default();
-        r.push([1, 2, 3, 5, 6].into_iter().map(event));
-        r.push([6, 4].into_iter().map(event)); // repeats and older ones are ignored
+        r.push([1, 2, 3, 5, 6].into_iter().map(event).map(Arc::new));
+        r.push([6, 4].into_iter().map(event).map(Arc::new)); // repeats and older ones are ignored
         assert_eq!(
             offsets(r.after(0, 10)),
             Some(vec![1, 2, 3]),
@@ -507,7 +522,7 @@ mod tests {
         );
         assert_eq!(offsets(r.after(4, 10)), Some(vec![5, 6]));
         assert_eq!(offsets(r.after(6, 10)), None, "nothing newer");
-        r.push((7..7 + RECENT as u64).map(event));
+        r.push((7..7 + RECENT as u64).map(event).map(Arc::new));
         assert_eq!(offsets(r.after(0, 10)), None, "evicted");
         assert_eq!(
             offsets(r.after(7 + RECENT as u64 - 3, 10)).map(|v| v.len()),

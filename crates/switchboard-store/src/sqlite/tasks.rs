@@ -1,6 +1,8 @@
 //! `TaskStore` for SQLite: tasks and workflows as JSON documents, with the
 //! fields listings filter on copied into indexed columns.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -154,7 +156,7 @@ impl TaskStore for SqliteStore {
                         .events
                         .into_iter()
                         .zip(first..)
-                        .map(|(e, offset)| stored(e, offset, now)),
+                        .map(|(e, offset)| Arc::new(stored(e, offset, now))),
                 );
             }
             advance(&self.head, last);
