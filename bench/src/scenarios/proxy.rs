@@ -7,8 +7,8 @@
 //! with two workers and keep-alive upstream connections, HAProxy with two
 //! threads and connection reuse, Switchboard with the upstream registered
 //! as an agent (`/gw/bench/...`) and authentication on (the load sends the
-//! hub's admin token as its bearer credential) — and once more with authentication off, to show what the
-//! proxying alone costs.
+//! hub's admin token as its bearer credential) — and once more with
+//! authentication off, to show what the proxying alone costs.
 //!
 //! Two measures, each the median of `--repeat` rounds that go through
 //! every target in turn:

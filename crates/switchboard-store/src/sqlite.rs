@@ -184,13 +184,14 @@ async fn checkpointer(
             continue;
         }
         let flushing = started.elapsed();
+        let asked = std::time::Instant::now();
         let restarted = match writer.lock().await {
             Ok(mut conn) => {
                 let locked = std::time::Instant::now();
                 sqlx::query("PRAGMA wal_checkpoint(RESTART)")
                     .execute(&mut *conn)
                     .await
-                    .map(|_| (locked - started - flushing, locked.elapsed()))
+                    .map(|_| (locked - asked, locked.elapsed()))
                     .map_err(|e| storage_error("restart the WAL", e))
             }
             Err(e) => Err(e),

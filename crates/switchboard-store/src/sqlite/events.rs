@@ -431,15 +431,24 @@ async fn insert(
                 u64::try_from(n).unwrap_or(0),
             )
         });
-        if n != chunk.len() as u64 || last < n {
-            return Err(corrupt(
-                ctx,
-                format!("{n} rows up to offset {last} for {} events", chunk.len()),
-            ));
+        match consecutive(last, n) {
+            Some(offsets) if n == chunk.len() as u64 => seqs.extend(offsets),
+            _ => {
+                return Err(corrupt(
+                    ctx,
+                    format!("{n} rows up to offset {last} for {} events", chunk.len()),
+                ));
+            }
         }
-        seqs.extend(last - n + 1..=last);
     }
     Ok(seqs)
+}
+
+/// The offsets of `n` events inserted together, the last of which took
+/// `last`: one after another up to it, since there is one writer and the
+/// log is `AUTOINCREMENT`. `None` when no `n` offsets end at `last`.
+pub(crate) fn consecutive(last: u64, n: u64) -> Option<std::ops::RangeInclusive<u64>> {
+    (n > 0 && last >= n).then(|| last - n + 1..=last)
 }
 
 /// The last sequence number in the log (0 when empty).
@@ -544,15 +553,19 @@ mod tests {
         }
     }
 
+    async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&super::super::SqliteConfig::new(dir.path()))
+            .await
+            .expect("open")
+    }
+
     /// The offsets an append answers are the ones stored: across the
     /// chunks of a large batch, and after the newest events were removed
     /// (AUTOINCREMENT never hands their numbers out again).
     #[tokio::test]
     async fn answered_offsets_are_the_stored_ones() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&super::super::SqliteConfig::new(dir.path()))
-            .await
-            .expect("open");
+        let store = open(&dir).await;
         let window = 60_000;
         let stored_offsets = |log: &[Event]| -> HashMap<String, u64> {
             log.iter().map(|e| (e.id.clone(), e.offset)).collect()
@@ -595,9 +608,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_append_stores_nothing_and_its_retry_is_stored_once() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&super::super::SqliteConfig::new(dir.path()))
-            .await
-            .expect("open");
+        let store = open(&dir).await;
         let window = 60_000;
         let first = store
             .append(vec![new_event("a")], window)

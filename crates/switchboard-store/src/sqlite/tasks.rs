@@ -13,7 +13,7 @@ use switchboard_tasks::{
 };
 
 use super::SqliteStore;
-use super::events::{advance, event_row, stored};
+use super::events::{advance, consecutive, event_row, stored};
 use super::writer::rollback;
 use crate::{corrupt, storage_error};
 
@@ -145,17 +145,15 @@ impl TaskStore for SqliteStore {
         if let Some(r) = rows.last() {
             let last: i64 = r.try_get(0).map_err(|e| storage_error(ctx, e))?;
             let last = u64::try_from(last).unwrap_or(0);
-            // The round's events took the offsets up to `last`, one after
-            // another (one writer, AUTOINCREMENT): handed to the window of
-            // fresh events, the dispatcher need not read them back.
-            let n = changes.events.len() as u64;
-            if n > 0 && last >= n {
-                let first = last - n + 1;
+            // The round's events took the offsets up to `last`: handed to
+            // the window of fresh events, the dispatcher need not read them
+            // back.
+            if let Some(offsets) = consecutive(last, changes.events.len() as u64) {
                 self.recent.push(
                     changes
                         .events
                         .into_iter()
-                        .zip(first..)
+                        .zip(offsets)
                         .map(|(e, offset)| Arc::new(stored(e, offset, now))),
                 );
             }
