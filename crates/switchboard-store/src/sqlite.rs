@@ -30,6 +30,7 @@ mod gateway;
 mod groups;
 mod retention;
 mod schedule;
+mod seen;
 mod tasks;
 mod vault;
 mod writer;
@@ -38,6 +39,7 @@ use agents::LivenessWrite;
 use batch::Batcher;
 use events::{AppendWrite, Recent};
 use groups::GroupWrite;
+use seen::Seen;
 use writer::Writer;
 pub use writer::spawn_writer;
 
@@ -107,6 +109,8 @@ pub struct SqliteStore {
     head: watch::Sender<u64>,
     /// The latest appended events.
     recent: Recent,
+    /// Which events the log may hold, for appends' duplicate checks.
+    seen: Seen,
     reader: SqlitePool,
     /// One connection that copies the WAL into the database file.
     checkpoints: SqlitePool,
@@ -320,6 +324,10 @@ impl SqliteStore {
                 )
             })?;
         let (head, _) = watch::channel(events::last_seq(&mut conn).await?);
+        let seen = Seen::new(
+            config.clock.clone(),
+            events::last_appended(&mut conn).await?,
+        );
         let writer = Writer::new(conn);
         // A local file cannot drop a connection the way a network can, so
         // read connections are not pinged each time they are taken from
@@ -358,6 +366,7 @@ impl SqliteStore {
                 LivenessWrite {
                     clock: config.clock.clone(),
                     head: head.clone(),
+                    seen: seen.clone(),
                 },
             )?,
             appends: Batcher::start(
@@ -367,14 +376,19 @@ impl SqliteStore {
                     clock: config.clock.clone(),
                     head: head.clone(),
                     recent: recent.clone(),
+                    seen: seen.clone(),
                 },
             )?,
             recent,
             group_writes: Batcher::start(
                 "store-groups",
                 writer.clone(),
-                GroupWrite { head: head.clone() },
+                GroupWrite {
+                    head: head.clone(),
+                    seen: seen.clone(),
+                },
             )?,
+            seen,
             head,
             writer,
             reader,

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::SqliteStore;
 use super::batch::BatchWrite;
 use super::events::{advance, insert_events};
+use super::seen::Seen;
 use crate::{corrupt, storage_error};
 
 const COLUMNS: &str = "id, agent_type, name, version, capabilities, endpoint, health_check_url, \
@@ -94,7 +95,8 @@ impl AgentStore for SqliteStore {
         }
         let created = previous.is_none();
         let outbox = events(&agent, created);
-        let seqs = insert_events(&mut tx, &outbox.iter().collect::<Vec<_>>(), now).await?;
+        let seqs =
+            insert_events(&self.seen, &mut tx, &outbox.iter().collect::<Vec<_>>(), now).await?;
         tx.commit().await.map_err(|e| storage_error(ctx, e))?;
         if let Some(last) = seqs.last() {
             advance(&self.head, *last);
@@ -201,7 +203,7 @@ impl AgentStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        let seqs = insert_events(&mut tx, &[&event], event.time.unwrap_or(0)).await?;
+        let seqs = insert_events(&self.seen, &mut tx, &[&event], event.time.unwrap_or(0)).await?;
         tx.commit().await.map_err(|e| storage_error(ctx, e))?;
         if let Some(last) = seqs.last() {
             advance(&self.head, *last);
@@ -222,6 +224,7 @@ pub(crate) struct LivenessBatch {
 pub(crate) struct LivenessWrite {
     pub(crate) clock: Clock,
     pub(crate) head: watch::Sender<u64>,
+    pub(crate) seen: Seen,
 }
 
 impl BatchWrite for LivenessWrite {
@@ -286,7 +289,7 @@ impl BatchWrite for LivenessWrite {
         .await
         .map_err(|e| storage_error("save liveness", e))?;
         let events: Vec<&NewEvent> = items.iter().flat_map(|i| &i.events).collect();
-        let mut seqs = insert_events(conn, &events, self.clock.now_ms())
+        let mut seqs = insert_events(&self.seen, conn, &events, self.clock.now_ms())
             .await?
             .into_iter();
         Ok(items

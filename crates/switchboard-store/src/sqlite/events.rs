@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::SqliteStore;
 use super::batch::BatchWrite;
+use super::seen::Seen;
 use super::writer::rollback;
 use crate::{corrupt, storage_error};
 
@@ -120,6 +121,7 @@ pub(crate) struct AppendWrite {
     pub(crate) clock: Clock,
     pub(crate) head: watch::Sender<u64>,
     pub(crate) recent: Recent,
+    pub(crate) seen: Seen,
 }
 
 /// The latest appended events, kept in memory so the dispatcher need not
@@ -226,16 +228,22 @@ impl AppendWrite {
                 })
             })
             .collect();
-        let keys = serde_json::to_string(&keys).map_err(|e| corrupt("append events", e))?;
-        let rows = sqlx::query(&DUPLICATES)
-            .bind(keys)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| storage_error("look for duplicate events", e))?;
-        let found: Vec<Arc<Event>> = rows
-            .iter()
-            .map(|r| decode(r).map(Arc::new))
-            .collect::<Result<_, _>>()?;
+        // Almost always none could have been appended before: then the
+        // look-up is skipped and `BEGIN` goes with the inserts.
+        let looked = self.seen.may_hold(keys.iter().map(|k| (k.s, k.i, k.t)));
+        let found: Vec<Arc<Event>> = if looked {
+            let keys = serde_json::to_string(&keys).map_err(|e| corrupt("append events", e))?;
+            let rows = sqlx::query(&DUPLICATES)
+                .bind(keys)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| storage_error("look for duplicate events", e))?;
+            rows.iter()
+                .map(|r| decode(r).map(Arc::new))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         // Keyed by borrowed strings, so that no lookup copies a key.
         let mut seen: HashMap<(&str, &str), Arc<Event>> = HashMap::new();
         for e in &found {
@@ -250,7 +258,12 @@ impl AppendWrite {
                 fresh.push(e);
             }
         }
-        let seqs = insert(conn, &fresh, now, true).await?;
+        let begin = if looked {
+            Begin::Began
+        } else {
+            Begin::WithInserts
+        };
+        let seqs = insert(&self.seen, conn, &fresh, now, Some(begin)).await?;
         for (e, seq) in fresh.iter().zip(seqs) {
             seen.insert(
                 (e.source.as_str(), e.id.as_str()),
@@ -277,8 +290,9 @@ impl BatchWrite for AppendWrite {
     type Item = AppendItem;
     type Output = Vec<Arc<Event>>;
 
-    /// A batch is two round trips to SQLite's thread: `BEGIN` with the
-    /// lookup of earlier copies, then the inserts with `COMMIT`.
+    /// A batch is one round trip to SQLite's thread, `BEGIN` with the
+    /// inserts and `COMMIT`, unless `seen` says an event may be a repeat:
+    /// then `BEGIN` with the look-up of earlier copies comes first.
     const OWN_TRANSACTION: bool = true;
 
     async fn write(
@@ -380,25 +394,41 @@ fn push_insert_events<'a>(
 /// Inserts events in order inside the caller's transaction; their
 /// sequence numbers, in the same order. The head must be advanced after
 /// the transaction commits.
+///
+/// Every writer that appends events holds the write connection and goes
+/// through here (or notes its events in `seen` itself), so that `seen`
+/// knows every event in the log.
 pub(crate) async fn insert_events(
+    seen: &Seen,
     conn: &mut SqliteConnection,
     events: &[&NewEvent],
     now: UnixMillis,
 ) -> Result<Vec<u64>, StorageError> {
-    insert(conn, events, now, false).await
+    insert(seen, conn, events, now, None).await
 }
 
-/// [`insert_events`]; with `commit`, the transaction is committed in the
-/// same round trip as the last insert.
+/// Where the transaction of an [`insert`] that commits it begins.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Begin {
+    /// Already begun.
+    Began,
+    /// With the first insert, in the same round trip.
+    WithInserts,
+}
+
+/// [`insert_events`]; with `own`, the transaction is the inserts' own: it
+/// begins as `own` says and commits in the same round trip as the last
+/// insert.
 async fn insert(
+    seen: &Seen,
     conn: &mut SqliteConnection,
     events: &[&NewEvent],
     now: UnixMillis,
-    commit: bool,
+    own: Option<Begin>,
 ) -> Result<Vec<u64>, StorageError> {
     let ctx = "append events";
     if events.is_empty() {
-        if commit {
+        if own == Some(Begin::Began) {
             sqlx::query("COMMIT")
                 .execute(&mut *conn)
                 .await
@@ -406,16 +436,18 @@ async fn insert(
         }
         return Ok(Vec::new());
     }
+    seen.note(events.iter().map(|e| (e.source.as_str(), e.id.as_str())));
     let mut seqs: Vec<u64> = Vec::with_capacity(events.len());
     let chunks = events.len().div_ceil(INSERT_CHUNK);
     for (i, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
-        let mut q = QueryBuilder::<Sqlite>::new("");
+        let begin = i == 0 && own == Some(Begin::WithInserts);
+        let mut q = QueryBuilder::<Sqlite>::new(if begin { "BEGIN; " } else { "" });
         push_insert_events(&mut q, chunk, now);
         // Rows are numbered in the order of VALUES, one after another (one
         // writer, AUTOINCREMENT), so the last number and the count give
         // every offset: one row back instead of one per event.
         q.push("; SELECT last_insert_rowid(), changes()");
-        if commit && i + 1 == chunks {
+        if own.is_some() && i + 1 == chunks {
             q.push("; COMMIT");
         }
         // `fetch_all`: a stream dropped after its first row would not run
@@ -462,6 +494,16 @@ pub(crate) async fn last_seq(conn: &mut SqliteConnection) -> Result<u64, Storage
     .await
     .map_err(|e| storage_error("read the log head", e))?;
     Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+/// When the newest event in the log was appended, if there is one.
+pub(crate) async fn last_appended(
+    conn: &mut SqliteConnection,
+) -> Result<Option<UnixMillis>, StorageError> {
+    sqlx::query_scalar("SELECT MAX(appended_at) FROM events")
+        .fetch_one(conn)
+        .await
+        .map_err(|e| storage_error("read the log's last append time", e))
 }
 
 pub(crate) fn decode(row: &SqliteRow) -> Result<Event, StorageError> {
@@ -599,6 +641,126 @@ mod tests {
         for e in &later {
             assert_eq!(stored.get(&e.id), Some(&e.offset), "event {}", e.id);
         }
+        store.close().await;
+    }
+
+    /// Repeats of stored events, and repeats within a batch, are answered
+    /// with the copy the log holds and not stored again (whether or not
+    /// the look-up of earlier copies was skipped); in a batch of
+    /// several insert chunks the new events around them keep their order
+    /// and are answered with their own offsets. Past its window, the same
+    /// event is new.
+    #[tokio::test]
+    async fn repeats_are_answered_with_the_stored_copy() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clock = Clock::manual(1_000_000);
+        let mut config = super::super::SqliteConfig::new(dir.path());
+        config.clock = clock.clone();
+        let store = SqliteStore::open(&config).await.expect("open");
+        let window = 60_000;
+        // A window after the opening, `seen` knows every event in the log:
+        // appends of new events skip the look-up.
+        clock.advance(window + 1);
+        let first = store
+            .append(vec![new_event("a"), new_event("b")], window)
+            .await
+            .expect("append a, b");
+        let (a, b) = (first[0].offset, first[1].offset);
+
+        clock.advance(1_000);
+        let n = 2 * INSERT_CHUNK + 7;
+        let mut batch: Vec<NewEvent> = (0..n).map(|i| new_event(&format!("e{i}"))).collect();
+        batch[0] = new_event("b");
+        batch[3] = new_event("x");
+        batch[INSERT_CHUNK + 100] = new_event("a");
+        batch[n - 1] = new_event("x");
+        let answered = store.append(batch.clone(), window).await.expect("append");
+        assert_eq!(answered.len(), n);
+        assert_eq!(answered[0].offset, b);
+        assert_eq!(answered[INSERT_CHUNK + 100].offset, a);
+        assert_eq!(answered[n - 1].offset, answered[3].offset, "x once");
+        let log = store.read(ReadFrom::After(0), 5000).await.expect("read");
+        assert_eq!(log.len(), 2 + n - 3, "each event stored once");
+        let stored: HashMap<&str, u64> = log.iter().map(|e| (e.id.as_str(), e.offset)).collect();
+        assert_eq!(stored.len(), log.len());
+        for (sent, got) in batch.iter().zip(&answered) {
+            assert_eq!(got.id, sent.id);
+            assert_eq!(
+                stored.get(sent.id.as_str()),
+                Some(&got.offset),
+                "{}",
+                sent.id
+            );
+        }
+        let repeats = [0, INSERT_CHUNK + 100, n - 1];
+        let new_offsets: Vec<u64> = (0..n)
+            .filter(|i| !repeats.contains(i))
+            .map(|i| answered[i].offset)
+            .collect();
+        assert_eq!(
+            new_offsets,
+            (b + 1..=b + (n - 3) as u64).collect::<Vec<_>>(),
+            "new events stored in the order sent"
+        );
+
+        // `a` was stored 1 s ago: a window of 500 ms does not reach it.
+        let again = store
+            .append(vec![new_event("a"), new_event("b")], 500)
+            .await
+            .expect("append past the window");
+        assert!(again.iter().all(|e| e.offset > a && e.offset > b));
+        assert_ne!(again[0].offset, again[1].offset);
+        store.close().await;
+    }
+
+    /// Events other writers append (hub events, in their own
+    /// transactions) are known to the duplicate check too, also when the
+    /// store opened long before; so are those in the log before it opened.
+    #[tokio::test]
+    async fn repeats_of_events_appended_by_other_writers_are_found() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clock = Clock::manual(1_000_000);
+        let mut config = super::super::SqliteConfig::new(dir.path());
+        config.clock = clock.clone();
+        let store = SqliteStore::open(&config).await.expect("open");
+        let window = 60_000;
+        let before = store
+            .append(vec![new_event("before")], window)
+            .await
+            .expect("append");
+        clock.advance(window / 2);
+        store.close().await;
+
+        let store = SqliteStore::open(&config).await.expect("reopen");
+        clock.advance(window + 1);
+        let hub = new_event("hub");
+        let offset = {
+            let mut conn = store.writer.lock().await.expect("writer");
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+            let seqs = insert_events(&store.seen, &mut tx, &[&hub], clock.now_ms())
+                .await
+                .expect("insert");
+            tx.commit().await.expect("commit");
+            seqs[0]
+        };
+        clock.advance(1);
+        let answered = store
+            .append(vec![new_event("new"), hub.clone()], window)
+            .await
+            .expect("append");
+        assert_eq!(answered[1].offset, offset, "the hub's event, not a copy");
+        assert!(answered[0].offset > offset);
+
+        // `before` was appended 1.5 windows ago: a window of 2 reaches it,
+        // though the store opened after it.
+        let again = store
+            .append(vec![new_event("before")], 2 * window)
+            .await
+            .expect("append");
+        assert_eq!(again[0].offset, before[0].offset);
+        let log = store.read(ReadFrom::After(0), 100).await.expect("read");
+        let ids: Vec<&str> = log.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, vec!["before", "hub", "new"]);
         store.close().await;
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::SqliteStore;
 use super::batch::BatchWrite;
 use super::events::{COLUMNS, advance, decode, insert_events};
+use super::seen::Seen;
 use crate::{corrupt, storage_error};
 
 /// Rows per multi-row INSERT (7 bound values each).
@@ -211,6 +212,7 @@ pub(crate) struct GroupItem {
 /// the log's head when a change appended an event (an alert).
 pub(crate) struct GroupWrite {
     pub(crate) head: watch::Sender<u64>,
+    pub(crate) seen: Seen,
 }
 
 impl BatchWrite for GroupWrite {
@@ -231,7 +233,7 @@ impl BatchWrite for GroupWrite {
                     continue;
                 }
                 delete_pending(conn, &item.group, &mut acked).await?;
-                apply_op(conn, &item.group, op, &mut appended).await?;
+                apply_op(&self.seen, conn, &item.group, op, &mut appended).await?;
             }
             delete_pending(conn, &item.group, &mut acked).await?;
         }
@@ -267,6 +269,7 @@ async fn delete_pending(
 }
 
 async fn apply_op(
+    seen: &Seen,
     conn: &mut SqliteConnection,
     group: &str,
     op: &GroupOp,
@@ -335,7 +338,7 @@ async fn apply_op(
             .map_err(ctx)?;
             delete_pending(conn, group, &mut vec![d.offset]).await?;
             let now = alert.time.unwrap_or(d.dead_at);
-            if let Some(seq) = insert_events(conn, &[&**alert], now).await?.last() {
+            if let Some(seq) = insert_events(seen, conn, &[&**alert], now).await?.last() {
                 *appended = (*appended).max(*seq);
             }
         }

@@ -101,7 +101,10 @@ impl SqliteStore {
         let mut last = None;
         if !events.is_empty() {
             let refs: Vec<&NewEvent> = events.iter().collect();
-            last = insert_events(&mut tx, &refs, now).await?.last().copied();
+            last = insert_events(&self.seen, &mut tx, &refs, now)
+                .await?
+                .last()
+                .copied();
             sqlx::query(
                 "DELETE FROM scheduled_events WHERE hold IN (SELECT value FROM json_each(?1))",
             )

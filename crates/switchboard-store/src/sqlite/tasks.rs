@@ -129,6 +129,12 @@ impl TaskStore for SqliteStore {
             .map_err(|e| corrupt("encode workflows", e))?;
         let events = events_json(&changes.events, now)?;
         let mut conn = self.writer.lock().await?;
+        self.seen.note(
+            changes
+                .events
+                .iter()
+                .map(|e| (e.source.as_str(), e.id.as_str())),
+        );
         let rows = sqlx::query(APPLY)
             .bind(tasks)
             .bind(workflows)
