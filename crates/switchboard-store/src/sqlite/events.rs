@@ -436,7 +436,10 @@ async fn insert(
         }
         return Ok(Vec::new());
     }
-    seen.note(events.iter().map(|e| (e.source.as_str(), e.id.as_str())));
+    seen.note(
+        now,
+        events.iter().map(|e| (e.source.as_str(), e.id.as_str())),
+    );
     let mut seqs: Vec<u64> = Vec::with_capacity(events.len());
     let chunks = events.len().div_ceil(INSERT_CHUNK);
     for (i, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
@@ -761,6 +764,46 @@ mod tests {
         let log = store.read(ReadFrom::After(0), 100).await.expect("read");
         let ids: Vec<&str> = log.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, vec!["before", "hub", "new"]);
+        store.close().await;
+    }
+
+    /// A batch of several insert chunks sent without the look-up (`BEGIN`
+    /// with the first chunk) that fails in its second chunk stores
+    /// nothing; its retry, whose keys the failed attempt noted, takes the
+    /// look-up, finds no copy and is stored whole, once.
+    #[tokio::test]
+    async fn a_batch_failing_in_a_later_chunk_stores_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clock = Clock::manual(1_000_000);
+        let mut config = super::super::SqliteConfig::new(dir.path());
+        config.clock = clock.clone();
+        let store = SqliteStore::open(&config).await.expect("open");
+        let window = 60_000;
+        sqlx::query(
+            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.events \
+             WHEN NEW.id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&mut *store.writer.lock().await.expect("writer"))
+        .await
+        .expect("trigger");
+        let n = 2 * INSERT_CHUNK + 7;
+        let mut batch: Vec<NewEvent> = (0..n).map(|i| new_event(&format!("e{i}"))).collect();
+        batch[INSERT_CHUNK + 3] = new_event("poison");
+        let failed = store.append(batch.clone(), window).await;
+        assert!(failed.is_err(), "{failed:?}");
+        let log = store.read(ReadFrom::After(0), 5000).await.expect("read");
+        assert!(log.is_empty(), "nothing of the failed batch");
+
+        sqlx::query("DROP TRIGGER temp.refuse")
+            .execute(&mut *store.writer.lock().await.expect("writer"))
+            .await
+            .expect("drop trigger");
+        clock.advance(1);
+        let retried = store.append(batch, window).await.expect("retry");
+        let offsets: Vec<u64> = retried.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, (1..=n as u64).collect::<Vec<_>>());
+        let log = store.read(ReadFrom::After(0), 5000).await.expect("read");
+        assert_eq!(log.len(), n);
         store.close().await;
     }
 

@@ -130,6 +130,7 @@ impl TaskStore for SqliteStore {
         let events = events_json(&changes.events, now)?;
         let mut conn = self.writer.lock().await?;
         self.seen.note(
+            now,
             changes
                 .events
                 .iter()
