@@ -598,6 +598,27 @@ mod tests {
         }
     }
 
+    /// Settings for a store in `dir` on a manual `clock`.
+    fn manual_config(dir: &tempfile::TempDir, clock: &Clock) -> super::super::SqliteConfig {
+        let mut config = super::super::SqliteConfig::new(dir.path());
+        config.clock = clock.clone();
+        config
+    }
+
+    /// Makes the log refuse (or accept again) events whose id is `poison`.
+    async fn refuse_poison(store: &SqliteStore, refuse: bool) {
+        let sql = if refuse {
+            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.events \
+             WHEN NEW.id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        } else {
+            "DROP TRIGGER temp.refuse"
+        };
+        sqlx::query(sql)
+            .execute(&mut *store.writer.lock().await.expect("writer"))
+            .await
+            .expect("trigger");
+    }
+
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(&super::super::SqliteConfig::new(dir.path()))
             .await
@@ -657,8 +678,7 @@ mod tests {
     async fn repeats_are_answered_with_the_stored_copy() {
         let dir = tempfile::tempdir().expect("tmp");
         let clock = Clock::manual(1_000_000);
-        let mut config = super::super::SqliteConfig::new(dir.path());
-        config.clock = clock.clone();
+        let config = manual_config(&dir, &clock);
         let store = SqliteStore::open(&config).await.expect("open");
         let window = 60_000;
         // A window after the opening, `seen` knows every event in the log:
@@ -723,8 +743,7 @@ mod tests {
     async fn repeats_of_events_appended_by_other_writers_are_found() {
         let dir = tempfile::tempdir().expect("tmp");
         let clock = Clock::manual(1_000_000);
-        let mut config = super::super::SqliteConfig::new(dir.path());
-        config.clock = clock.clone();
+        let config = manual_config(&dir, &clock);
         let store = SqliteStore::open(&config).await.expect("open");
         let window = 60_000;
         let before = store
@@ -775,17 +794,10 @@ mod tests {
     async fn a_batch_failing_in_a_later_chunk_stores_nothing() {
         let dir = tempfile::tempdir().expect("tmp");
         let clock = Clock::manual(1_000_000);
-        let mut config = super::super::SqliteConfig::new(dir.path());
-        config.clock = clock.clone();
+        let config = manual_config(&dir, &clock);
         let store = SqliteStore::open(&config).await.expect("open");
         let window = 60_000;
-        sqlx::query(
-            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.events \
-             WHEN NEW.id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        )
-        .execute(&mut *store.writer.lock().await.expect("writer"))
-        .await
-        .expect("trigger");
+        refuse_poison(&store, true).await;
         let n = 2 * INSERT_CHUNK + 7;
         let mut batch: Vec<NewEvent> = (0..n).map(|i| new_event(&format!("e{i}"))).collect();
         batch[INSERT_CHUNK + 3] = new_event("poison");
@@ -794,10 +806,7 @@ mod tests {
         let log = store.read(ReadFrom::After(0), 5000).await.expect("read");
         assert!(log.is_empty(), "nothing of the failed batch");
 
-        sqlx::query("DROP TRIGGER temp.refuse")
-            .execute(&mut *store.writer.lock().await.expect("writer"))
-            .await
-            .expect("drop trigger");
+        refuse_poison(&store, false).await;
         clock.advance(1);
         let retried = store.append(batch, window).await.expect("retry");
         let offsets: Vec<u64> = retried.iter().map(|e| e.offset).collect();
@@ -819,21 +828,12 @@ mod tests {
             .append(vec![new_event("a")], window)
             .await
             .expect("append a");
-        sqlx::query(
-            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.events \
-             WHEN NEW.id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        )
-        .execute(&mut *store.writer.lock().await.expect("writer"))
-        .await
-        .expect("trigger");
+        refuse_poison(&store, true).await;
         let batch = || vec![new_event("b"), new_event("poison")];
         let failed = store.append(batch(), window).await;
         assert!(failed.is_err(), "{failed:?}");
 
-        sqlx::query("DROP TRIGGER temp.refuse")
-            .execute(&mut *store.writer.lock().await.expect("writer"))
-            .await
-            .expect("drop trigger");
+        refuse_poison(&store, false).await;
         let retried = store.append(batch(), window).await.expect("retry");
         let offsets: Vec<u64> = retried.iter().map(|e| e.offset).collect();
         assert_eq!(offsets, vec![first[0].offset + 1, first[0].offset + 2]);
