@@ -216,10 +216,9 @@ impl AppendWrite {
         items: &[AppendItem],
     ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
         let now = self.clock.now_ms();
-        // Earlier copies of the batch's events, found with one query.
-        let keys: Vec<DedupKey<'_>> = items
-            .iter()
-            .flat_map(|it| {
+        // Each event's key, with the oldest append time a copy may have.
+        let keys = || {
+            items.iter().flat_map(move |it| {
                 let t = now.saturating_sub(it.dedup_window_ms);
                 it.events.iter().map(move |e| DedupKey {
                     s: &e.source,
@@ -227,12 +226,14 @@ impl AppendWrite {
                     t,
                 })
             })
-            .collect();
+        };
         // Almost always none could have been appended before: then the
-        // look-up is skipped and `BEGIN` goes with the inserts.
-        let looked = self.seen.may_hold(keys.iter().map(|k| (k.s, k.i, k.t)));
+        // look-up is skipped and `BEGIN` goes with the inserts. Otherwise
+        // the earlier copies are found with one query.
+        let looked = self.seen.may_hold(keys().map(|k| (k.s, k.i, k.t)));
         let found: Vec<Arc<Event>> = if looked {
-            let keys = serde_json::to_string(&keys).map_err(|e| corrupt("append events", e))?;
+            let keys = serde_json::to_string(&keys().collect::<Vec<_>>())
+                .map_err(|e| corrupt("append events", e))?;
             let rows = sqlx::query(&DUPLICATES)
                 .bind(keys)
                 .fetch_all(&mut *conn)
@@ -244,17 +245,20 @@ impl AppendWrite {
         } else {
             Vec::new()
         };
-        // Keyed by borrowed strings, so that no lookup copies a key.
-        let mut seen: HashMap<(&str, &str), Arc<Event>> = HashMap::new();
+        // Each key's answer: its stored copy. Keyed by borrowed strings, so
+        // that no lookup copies a key.
+        let mut answers: HashMap<(&str, &str), Arc<Event>> = HashMap::new();
         for e in &found {
-            seen.entry((&e.source, &e.id)).or_insert_with(|| e.clone());
+            answers
+                .entry((&e.source, &e.id))
+                .or_insert_with(|| e.clone());
         }
         // Which events are new, first occurrence only.
         let mut fresh: Vec<&NewEvent> = Vec::new();
         let mut batch_keys: HashSet<(&str, &str)> = HashSet::new();
         for e in items.iter().flat_map(|it| &it.events) {
             let key = (e.source.as_str(), e.id.as_str());
-            if !seen.contains_key(&key) && batch_keys.insert(key) {
+            if !answers.contains_key(&key) && batch_keys.insert(key) {
                 fresh.push(e);
             }
         }
@@ -265,7 +269,7 @@ impl AppendWrite {
         };
         let seqs = insert(&self.seen, conn, &fresh, now, Some(begin)).await?;
         for (e, seq) in fresh.iter().zip(seqs) {
-            seen.insert(
+            answers.insert(
                 (e.source.as_str(), e.id.as_str()),
                 Arc::new(stored((*e).clone(), seq, now)),
             );
@@ -276,7 +280,8 @@ impl AppendWrite {
                 it.events
                     .iter()
                     .map(|e| {
-                        seen.get(&(e.source.as_str(), e.id.as_str()))
+                        answers
+                            .get(&(e.source.as_str(), e.id.as_str()))
                             .cloned()
                             .ok_or_else(|| corrupt("append events", "an event lost its place"))
                     })
