@@ -474,7 +474,7 @@ async fn breakers_open_go_half_open_and_close() {
     .await;
     // cb-1 goes away: connections to it are refused.
     let gone = ups.pop().expect("cb-1");
-    let addr = gone.stop();
+    let addr = gone.stop().await;
     let mut bad_gateway = 0;
     for _ in 0..12 {
         let r = hub
@@ -566,7 +566,7 @@ async fn retries_only_where_safe_and_within_budget() {
     // to send elsewhere.
     ups[0].set_failing(false);
     let mut ups = ups;
-    let _gone = ups.remove(0).stop();
+    let _gone = ups.remove(0).stop().await;
     for _ in 0..10 {
         let r = hub
             .http

@@ -27,6 +27,7 @@ pub(crate) struct Upstream {
     pub(crate) addr: SocketAddr,
     shared: Arc<Shared>,
     stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
 }
 
 struct Shared {
@@ -66,7 +67,7 @@ impl Upstream {
             .route("/ws", get(ws))
             .with_state(shared.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let served = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
@@ -78,6 +79,7 @@ impl Upstream {
             addr,
             shared,
             stop,
+            served,
         }
     }
 
@@ -102,8 +104,13 @@ impl Upstream {
     }
 
     /// Stops it; its port refuses connections from then on.
-    pub(crate) fn stop(self) -> SocketAddr {
+    pub(crate) async fn stop(self) -> SocketAddr {
         let _ = self.stop.send(());
+        // Stopped once its connections are closed (idle ones at once).
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.served)
+            .await
+            .expect("the upstream stopped within 10 s")
+            .expect("the upstream's server task");
         self.addr
     }
 }
