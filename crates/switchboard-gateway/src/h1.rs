@@ -73,15 +73,27 @@ struct Idle {
     since: Instant,
 }
 
-/// An instance's idle connections, most recently used last.
-#[derive(Clone, Default)]
-pub(crate) struct ConnPool(Arc<Mutex<Vec<Idle>>>);
+/// An instance's idle connections, most recently used last, in one list
+/// per serving thread (see [`crate::serving_thread`]) and one for every
+/// other thread: a connection is driven by the reactor of the runtime
+/// that made it, so it goes back to the list of the thread that took it.
+#[derive(Clone)]
+pub(crate) struct ConnPool(Arc<[Mutex<Vec<Idle>>]>);
+
+impl Default for ConnPool {
+    fn default() -> Self {
+        Self(
+            (0..=crate::serving_threads())
+                .map(|_| Mutex::default())
+                .collect(),
+        )
+    }
+}
 
 impl std::fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnPool")
-            .field("idle", &self.lock().len())
-            .finish()
+        let idle: usize = (0..self.0.len()).map(|i| self.shard(i).len()).sum();
+        f.debug_struct("ConnPool").field("idle", &idle).finish()
     }
 }
 
@@ -116,10 +128,14 @@ impl std::fmt::Display for SendError {
 }
 
 impl ConnPool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.0
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.0[i % self.0.len()]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.shard(crate::serving_thread())
     }
 
     /// The most recently used idle connection that is still fresh;
@@ -149,8 +165,8 @@ impl ConnPool {
         let now = Instant::now();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut gone = Vec::new();
-        {
-            let mut idle = self.lock();
+        for shard in 0..self.0.len() {
+            let mut idle = self.shard(shard);
             for mut i in std::mem::take(&mut *idle) {
                 i.conn.drive(&mut cx);
                 if i.conn.open() && now.duration_since(i.since) < idle_timeout {

@@ -131,7 +131,8 @@ pub enum GatewayError {
 pub struct GatewayConfig {
     /// How long an idle upstream connection is kept for reuse.
     pub pool_idle_timeout: Duration,
-    /// Idle connections kept per upstream.
+    /// Idle connections kept per upstream (per serving thread for plain
+    /// HTTP/1.1 upstreams).
     pub pool_max_idle_per_host: usize,
     /// Request bodies up to this size are kept, so they can be retried
     /// (and sent to several instances by an aggregation); larger ones
@@ -222,6 +223,9 @@ pub(crate) struct Inner {
     pub(crate) stop: CancellationToken,
     /// The webhook workers, waited for at shutdown.
     pub(crate) tasks: TaskTracker,
+    /// The runtime the gateway was opened on, where its workers run
+    /// (not the serving thread of the request that made one).
+    pub(crate) runtime: tokio::runtime::Handle,
     /// Posts webhooks.
     pub(crate) hook_client: proxy::HookClient,
     /// Services by name. A `std` lock: looked up per request, changed by
@@ -292,6 +296,7 @@ impl Gateway {
             render,
             stop,
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             services: RwLock::new(services),
             routes: RwLock::new(Arc::new(routes)),
             writes: tokio::sync::Mutex::new(()),
@@ -544,4 +549,26 @@ pub struct InstanceTopology {
     pub status: String,
     /// Health, ejection, breaker, requests in flight.
     pub report: InstanceReport,
+}
+
+thread_local! {
+    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as the hub's serving thread `index` (from 0):
+/// the connections to instances it makes are kept for it alone, as they
+/// are driven by its runtime.
+pub fn set_serving_thread(index: usize) {
+    SERVING_THREAD.set(index + 1);
+}
+
+/// The calling thread's pool list: 0 for any thread but a serving one.
+pub(crate) fn serving_thread() -> usize {
+    SERVING_THREAD.get()
+}
+
+/// How many serving threads pools keep lists for (more share lists).
+pub(crate) fn serving_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }

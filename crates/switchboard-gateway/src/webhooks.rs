@@ -484,9 +484,12 @@ impl Gateway {
 
     fn spawn_delivery(&self, spec: WebhookSpec, stop: CancellationToken) {
         let gateway = self.clone();
-        self.0.tasks.spawn(async move {
-            gateway.deliver(spec, stop).await;
-        });
+        self.0.tasks.spawn_on(
+            async move {
+                gateway.deliver(spec, stop).await;
+            },
+            &self.0.runtime,
+        );
     }
 
     async fn deliver(&self, spec: WebhookSpec, stop: CancellationToken) {

@@ -27,6 +27,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 /// The default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "switchboard-data";
 
+/// The most threads `http.threads` may ask for.
+const MAX_HTTP_THREADS: usize = 1024;
+
 /// Everything the hub is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -38,6 +41,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// HTTP settings.
     pub http: ApiConfig,
+    /// Threads that serve connections, each owning the connections it
+    /// accepted (at least 1; one per core by default).
+    pub http_threads: usize,
     /// Registry liveness settings.
     pub registry: RegistryConfig,
     /// Event bus settings.
@@ -65,6 +71,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             shutdown_grace: Duration::from_secs(30),
             http: ApiConfig::default(),
+            http_threads: std::thread::available_parallelism().map_or(1, usize::from),
             registry: RegistryConfig::default(),
             bus: BusConfig::default(),
             tasks: TasksConfig::default(),
@@ -263,6 +270,7 @@ struct FileBus {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileHttp {
+    threads: Option<usize>,
     max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
@@ -349,6 +357,15 @@ impl Config {
                 ));
             }
             c.http.max_body_bytes = n;
+        }
+        if let Some(n) = f.http.threads {
+            if !(1..=MAX_HTTP_THREADS).contains(&n) {
+                errs.push(FieldError::new(
+                    "http.threads",
+                    format!("must be between 1 and {MAX_HTTP_THREADS}"),
+                ));
+            }
+            c.http_threads = n;
         }
         if let Some(t) = f.http.request_timeout {
             c.http.request_timeout = t;
@@ -650,6 +667,12 @@ mod tests {
         "#;
         let c = Config::from_toml(text, &Overrides::default()).expect("valid");
         assert_eq!(c.listen.port(), 9000);
+        assert!(
+            c.http_threads >= 1,
+            "one serving thread per core by default"
+        );
+        let c3 = Config::from_toml("[http]\nthreads = 3\n", &Overrides::default()).expect("valid");
+        assert_eq!(c3.http_threads, 3);
         assert_eq!(c.registry.heartbeat_interval, Duration::from_secs(5));
         let o = Overrides {
             listen: Some("127.0.0.1:0".into()),
@@ -665,13 +688,16 @@ mod tests {
     #[test]
     fn names_bad_settings() {
         let Err(ServerError::Config(errs)) = Config::from_toml(
-            "listen = \"nowhere\"\n[registry]\nstale_after_missed = 5\noffline_after_missed = 5\n",
+            "listen = \"nowhere\"\n[http]\nthreads = 0\n[registry]\nstale_after_missed = 5\noffline_after_missed = 5\n",
             &Overrides::default(),
         ) else {
             panic!("expected a config error");
         };
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["listen", "registry.offline_after_missed"]);
+        assert_eq!(
+            fields,
+            ["listen", "http.threads", "registry.offline_after_missed"]
+        );
         assert!(Config::from_toml("lisen = 1", &Overrides::default()).is_err());
     }
 }

@@ -13,7 +13,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use switchboard_api::{AppState, Checks};
 use switchboard_auth::{AuditWriter, Auth};
 use switchboard_bus::Bus;
@@ -28,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod config;
+mod serving;
 pub mod tls;
 
 pub use config::{Config, Overrides};
@@ -259,29 +259,19 @@ impl Hub {
 
         let app = switchboard_api::router(self.state.clone())
             .into_make_service_with_connect_info::<switchboard_api::ClientAddr>();
-        let stop = token.clone().cancelled_owned();
-        let mut server = if let Some(tls) = self.tls.clone() {
-            let listener =
-                tls::TlsListener::start(listener, tls, token.child_token())?.tap_io(|_| {});
-            tokio::spawn(
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .into_future(),
-            )
-        } else {
-            let listener = tls::PlainListener(listener).tap_io(|_| {});
-            tokio::spawn(
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .into_future(),
-            )
-        };
+        let mut serving = serving::Serving::start(
+            listener,
+            self.config.http_threads,
+            &app,
+            self.tls.as_ref(),
+            &token,
+        )?;
         let served = tokio::select! {
-            r = &mut server => r,
+            r = serving.finished() => r,
             _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "in-flight requests still running after the grace period; closing them");
-                server.abort();
-                server.await
+                serving.abort();
+                serving.finished().await
             }
         };
         token.cancel();
@@ -305,11 +295,10 @@ impl Hub {
         }
         self.store.close().await;
         tracing::info!("hub stopped");
-        match served {
-            Ok(r) => r.map_err(ServerError::Io),
-            Err(e) if e.is_cancelled() => Ok(()),
-            Err(e) => Err(ServerError::Io(std::io::Error::other(e))),
-        }
+        // The serving threads end last: what was made on their runtimes
+        // is driven until the store has closed.
+        drop(serving);
+        served.map_err(ServerError::Io)
     }
 }
 

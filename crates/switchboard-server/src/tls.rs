@@ -1,10 +1,11 @@
-//! Listeners: plain TCP, or TLS (rustls) with optional client certificates.
+//! TLS (rustls) with optional client certificates.
 //!
-//! Both hand each connection to axum with a [`ClientAddr`]: the peer's
+//! A TLS connection goes to axum with a [`ClientAddr`]: the peer's
 //! address and, for a verified client certificate, the identity it names
 //! (its subject's common name: an agent id). TLS handshakes run on their
-//! own tasks, so a slow client never holds up the accept loop; finished
-//! connections wait in a bounded queue for the server to take them.
+//! own tasks of the serving thread the connection was handed to, so a
+//! slow client never holds up the others; finished connections wait in a
+//! bounded queue for the server to take them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,13 +17,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use switchboard_api::ClientAddr;
 use switchboard_core::FieldError;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::ServerError;
+use crate::serving::{Handed, Held};
 
 /// How the hub serves TLS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,33 +195,7 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Plain TCP, with Nagle's algorithm off.
-pub(crate) struct PlainListener(pub(crate) TcpListener);
-
-impl Listener for PlainListener {
-    type Io = TcpStream;
-    type Addr = ClientAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((tcp, addr)) => {
-                    if let Err(error) = tcp.set_nodelay(true) {
-                        tracing::debug!(%error, "could not set TCP_NODELAY");
-                    }
-                    return (tcp, ClientAddr::plain(addr));
-                }
-                Err(error) => accept_failed(error).await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ClientAddr::plain(self.0.local_addr()?))
-    }
-}
-
-async fn accept_failed(error: std::io::Error) {
+pub(crate) async fn accept_failed(error: std::io::Error) {
     // Out of file descriptors and the like: wait instead of spinning.
     tracing::warn!(%error, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -233,35 +208,31 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS connections, handshaken off the accept loop.
 pub(crate) struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, ClientAddr)>,
+    ready: mpsc::Receiver<(TlsStream<Held>, ClientAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Starts accepting on `tcp`; stops when `stop` is cancelled.
+    /// Starts handshaking the connections `handed` gives; stops when
+    /// `stop` is cancelled.
     pub(crate) fn start(
-        tcp: TcpListener,
+        mut handed: Handed,
         config: Arc<rustls::ServerConfig>,
         stop: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
+    ) -> Self {
+        let local = handed
+            .local_addr()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.addr);
         let (tx, ready) = mpsc::channel(256);
         let acceptor = TlsAcceptor::from(config);
         let slots = Arc::new(Semaphore::new(HANDSHAKES));
         tokio::spawn(async move {
             loop {
-                let accepted = tokio::select! {
+                let (stream, addr) = tokio::select! {
                     () = stop.cancelled() => break,
-                    a = tcp.accept() => a,
+                    a = handed.accept() => a,
                 };
-                let (stream, addr) = match accepted {
-                    Ok(a) => a,
-                    Err(error) => {
-                        accept_failed(error).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+                let addr = addr.addr;
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
@@ -279,12 +250,12 @@ impl TlsListener {
                 });
             }
         });
-        Ok(Self { ready, local })
+        Self { ready, local }
     }
 }
 
 /// The common name of a verified client certificate.
-fn client_identity(tls: &TlsStream<TcpStream>) -> Option<Arc<str>> {
+fn client_identity(tls: &TlsStream<Held>) -> Option<Arc<str>> {
     let der = tls.get_ref().1.peer_certificates()?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
@@ -292,7 +263,7 @@ fn client_identity(tls: &TlsStream<TcpStream>) -> Option<Arc<str>> {
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Held>;
     type Addr = ClientAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -221,6 +221,9 @@ struct Inner {
     clock: Clock,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The runtime the groups were opened on, where every engine runs
+    /// (not the serving thread of the request that created its group).
+    runtime: tokio::runtime::Handle,
     groups: Mutex<HashMap<String, Handle>>,
 }
 
@@ -250,6 +253,7 @@ impl Groups {
                 clock,
                 shutdown,
                 tracker: TaskTracker::new(),
+                runtime: tokio::runtime::Handle::current(),
                 groups: Mutex::new(HashMap::new()),
             }),
         };
@@ -278,9 +282,10 @@ impl Groups {
             self.inner.store.clone(),
             self.inner.clock.clone(),
         );
-        self.inner
-            .tracker
-            .spawn(engine.run(rx, self.inner.shutdown.child_token()));
+        self.inner.tracker.spawn_on(
+            engine.run(rx, self.inner.shutdown.child_token()),
+            &self.inner.runtime,
+        );
         handle
     }
 
