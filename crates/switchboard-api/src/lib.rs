@@ -2,8 +2,9 @@
 //! problem+json and how wire types map to domain types.
 //!
 //! Layout:
-//! - [`router`] builds the whole `axum::Router` from an [`AppState`];
-//!   [`openapi`] returns the OpenAPI 3.1 document generated from the same
+//! - [`front`] builds the whole API from an [`AppState`]: the service of
+//!   each connection, which sends `/gw/` requests straight to the gateway
+//!   and the rest to the `axum::Router`; [`openapi`] returns the OpenAPI 3.1 document generated from the same
 //!   route table, so the document cannot list a route that does not exist.
 //! - `routes/*`: one module per resource; handlers are thin: extract,
 //!   convert, call the component handle, convert back.
@@ -16,7 +17,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::Extension;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +29,7 @@ mod context;
 mod convert;
 mod error;
 mod extract;
+mod front;
 mod middleware;
 mod routes;
 mod state;
@@ -36,6 +37,7 @@ mod state;
 pub use access::ClientAddr;
 pub use context::CORRELATION_ID;
 pub use error::ApiError;
+pub use front::{Connection, Front};
 pub use state::{ApiConfig, AppState, Checks, Handles};
 
 use routes::{
@@ -71,7 +73,8 @@ use routes::{
 struct ApiDoc;
 
 /// The gateway's proxy routes: documented once (`/gw/{service}/{path}`,
-/// every method), served by the outermost layer (`gateway::fast_path`).
+/// every method), served by the fast path (`gateway::proxy_admitted`,
+/// from `front`).
 #[derive(OpenApi)]
 #[openapi(paths(gateway::proxy_doc))]
 struct GatewayDoc;
@@ -204,7 +207,7 @@ pub fn render_event(e: &switchboard_bus::Event) -> Arc<str> {
     convert::cloud_event_json(e)
 }
 
-/// The OpenAPI 3.1 document of every route [`router`] serves.
+/// The OpenAPI 3.1 document of every route [`front`] serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     route_table().split_for_parts().1
 }
@@ -235,8 +238,8 @@ pub fn policy_problems() -> Vec<String> {
     access::Policies::from_openapi(&openapi()).1
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
+/// The whole API: the service each accepted connection is served by.
+pub fn front(state: AppState) -> Front {
     let (routes, doc) = route_table().split_for_parts();
     let (policies, problems) = access::Policies::from_openapi(&doc);
     for problem in problems {
@@ -269,11 +272,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     let router = middleware::stack(router, metrics, &config);
-    // Outermost, so that proxied requests skip what only the API needs.
-    router.layer(axum::middleware::from_fn_with_state(
-        (fast_access, fast_gateway),
-        gateway::fast_path,
-    ))
+    Front::new(router, fast_access, fast_gateway)
 }
 
 pub(crate) async fn not_found() -> ApiError {

@@ -567,8 +567,18 @@ pub(crate) fn serving_thread() -> usize {
     SERVING_THREAD.get()
 }
 
-/// How many serving threads pools keep lists for (more share lists).
+static SERVING_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Makes the connection pools made from now on keep a list for each of
+/// `threads` serving threads (they keep one per core at least). Threads
+/// beyond a pool's lists share them: still correct, as a connection is
+/// driven by the runtime that made it wherever it is used, but slower.
+pub fn expect_serving_threads(threads: usize) {
+    SERVING_THREADS.fetch_max(threads, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many serving threads pools keep lists for.
 pub(crate) fn serving_threads() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.max(SERVING_THREADS.load(std::sync::atomic::Ordering::Relaxed))
 }

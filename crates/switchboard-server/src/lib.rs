@@ -116,6 +116,8 @@ impl Hub {
         .await
         .map_err(|e| ServerError::Auth(e.to_string()))?;
         let metrics = Metrics::new();
+        // Its connection pools keep a list per serving thread.
+        switchboard_gateway::expect_serving_threads(config.http_threads);
         let gateway = switchboard_gateway::Gateway::open(
             switchboard_gateway::GatewayConfig::default(),
             switchboard_gateway::Deps {
@@ -257,15 +259,20 @@ impl Hub {
             });
         }
 
-        let app = switchboard_api::router(self.state.clone())
-            .into_make_service_with_connect_info::<switchboard_api::ClientAddr>();
-        let mut serving = serving::Serving::start(
+        let app = switchboard_api::front(self.state.clone());
+        let mut serving = match serving::Serving::start(
             listener,
             self.config.http_threads,
             &app,
             self.tls.as_ref(),
             &token,
-        )?;
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                token.cancel();
+                return Err(ServerError::Io(e));
+            }
+        };
         let served = tokio::select! {
             r = serving.finished() => r,
             _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {

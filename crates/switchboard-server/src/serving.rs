@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use axum::serve::{Listener, ListenerExt};
 use switchboard_api::ClientAddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -33,14 +32,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::tls;
 
-type App = IntoMakeServiceWithConnectInfo<axum::Router, ClientAddr>;
+type App = switchboard_api::Front;
 
 /// A connection on its way to a serving thread.
 type Handoff = (std::net::TcpStream, SocketAddr);
 
 /// The serving threads of a hub.
 pub(crate) struct Serving {
-    served: Vec<oneshot::Receiver<io::Result<()>>>,
+    /// Each thread's end, until it is seen.
+    served: Vec<Option<oneshot::Receiver<io::Result<()>>>>,
+    /// The first error a thread ended with.
+    error: Option<io::Error>,
+    /// Each thread's open connections.
+    open: Vec<Arc<AtomicUsize>>,
     abort: CancellationToken,
     release: CancellationToken,
 }
@@ -58,6 +62,8 @@ impl Serving {
     ) -> io::Result<Self> {
         let mut serving = Self {
             served: Vec::with_capacity(threads),
+            error: None,
+            open: Vec::with_capacity(threads),
             abort: CancellationToken::new(),
             release: CancellationToken::new(),
         };
@@ -79,7 +85,8 @@ impl Serving {
                 abort: serving.abort.clone(),
                 release: serving.release.clone(),
             };
-            serving.served.push(thread.spawn()?);
+            serving.served.push(Some(thread.spawn()?));
+            serving.open.push(open.clone());
             handoffs.push((tx, open));
         }
         tokio::spawn(accept(listener, handoffs, stop.clone()));
@@ -87,24 +94,35 @@ impl Serving {
     }
 
     /// Waits until every thread has stopped serving; the first error any
-    /// of them met.
+    /// of them met. Cancel-safe: waiting again goes on where it stopped.
     pub(crate) async fn finished(&mut self) -> io::Result<()> {
-        let mut result = Ok(());
-        for rx in &mut self.served {
-            let r = rx
-                .await
-                .unwrap_or_else(|_| Err(io::Error::other("a serving thread ended early")));
-            if result.is_ok() {
-                result = r;
+        for slot in &mut self.served {
+            if let Some(rx) = slot {
+                let r = rx
+                    .await
+                    .unwrap_or_else(|_| Err(io::Error::other("a serving thread ended early")));
+                *slot = None;
+                if let (Err(e), None) = (r, &self.error) {
+                    self.error = Some(e);
+                }
             }
         }
-        self.served.clear();
-        result
+        self.error.take().map_or(Ok(()), Err)
     }
 
-    /// Closes every connection still open.
+    /// Stops waiting for the connections still open: they are closed
+    /// when the serving threads end, as [`Serving`] is dropped.
     pub(crate) fn abort(&self) {
         self.abort.cancel();
+    }
+
+    /// How many connections each thread has open.
+    #[cfg(test)]
+    fn open_connections(&self) -> Vec<usize> {
+        self.open
+            .iter()
+            .map(|o| o.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
@@ -116,10 +134,11 @@ impl Drop for Serving {
 }
 
 /// Accepts until `stop`, handing each connection to the thread with the
-/// fewest open.
+/// fewest open. A thread that has stopped taking connections (it cannot
+/// have, short of a bug) is left out, and the others go on.
 async fn accept(
     listener: TcpListener,
-    threads: Vec<(mpsc::UnboundedSender<Handoff>, Arc<AtomicUsize>)>,
+    mut threads: Vec<(mpsc::UnboundedSender<Handoff>, Arc<AtomicUsize>)>,
     stop: CancellationToken,
 ) {
     loop {
@@ -138,24 +157,30 @@ async fn accept(
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
         // Off this runtime's reactor, onto the chosen thread's.
-        let tcp = match tcp.into_std() {
-            Ok(t) => t,
+        let mut handoff = match tcp.into_std() {
+            Ok(t) => (t, addr),
             Err(error) => {
                 tracing::warn!(%error, %addr, "could not hand a connection over; closed");
                 continue;
             }
         };
-        let Some((tx, open)) = threads
-            .iter()
-            .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
-        else {
-            return;
-        };
-        open.fetch_add(1, Ordering::Relaxed);
-        if tx.send((tcp, addr)).is_err() {
-            // The thread has stopped serving: so has the hub.
-            open.fetch_sub(1, Ordering::Relaxed);
-            return;
+        loop {
+            let Some(i) = (0..threads.len()).min_by_key(|&i| threads[i].1.load(Ordering::Relaxed))
+            else {
+                tracing::error!("no serving thread is left; the hub no longer accepts connections");
+                return;
+            };
+            let (tx, open) = &threads[i];
+            open.fetch_add(1, Ordering::Relaxed);
+            match tx.send(handoff) {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(back)) => {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    tracing::error!("a serving thread stopped taking connections; left out");
+                    threads.swap_remove(i);
+                    handoff = back;
+                }
+            }
         }
     }
 }
@@ -172,13 +197,20 @@ struct Thread {
 
 impl Thread {
     fn spawn(self) -> io::Result<oneshot::Receiver<io::Result<()>>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let (tx, rx) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("http-{}", self.index))
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
                 switchboard_gateway::set_serving_thread(self.index);
                 runtime.block_on(async move {
                     let release = self.release.clone();
@@ -347,12 +379,11 @@ mod tests {
     async fn connections_are_spread_over_the_threads_and_stay_on_theirs() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let app = axum::Router::new()
-            .route(
-                "/",
-                get(|| async { std::thread::current().name().unwrap_or("?").to_owned() }),
-            )
-            .into_make_service_with_connect_info::<ClientAddr>();
+        let app = axum::Router::new().route(
+            "/",
+            get(|| async { std::thread::current().name().unwrap_or("?").to_owned() }),
+        );
+        let app = switchboard_api::Front::from_router(app);
         let stop = CancellationToken::new();
         let mut serving = Serving::start(listener, 2, &app, None, &stop).expect("start");
 
@@ -375,35 +406,88 @@ mod tests {
             BTreeMap::from([("http-0".to_owned(), 2), ("http-1".to_owned(), 2)])
         );
 
-        // Closed connections leave their thread: the next goes where
-        // fewer are open.
-        conns.truncate(1);
+        assert_eq!(serving.open_connections(), [2, 2]);
+
+        // Connections that close are counted off their thread, and the
+        // next ones go where fewer are open: close both of one thread's.
         let first = answered_by(&mut conns[0]).await;
-        let other = if first == "http-0" {
-            "http-1"
-        } else {
-            "http-0"
-        };
-        let mut next = TcpStream::connect(addr).await.expect("connect");
-        // The three closed ones are counted off once the thread reads
-        // their end; ask until the hand-off sees it.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if answered_by(&mut next).await == other {
-                break;
+        let (mut mine, mut others) = (Vec::new(), Vec::new());
+        for mut c in conns {
+            if answered_by(&mut c).await == first {
+                mine.push(c);
+            } else {
+                others.push(c);
             }
+        }
+        assert_eq!((mine.len(), others.len()), (2, 2));
+        drop(others);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while serving.open_connections().iter().sum::<usize>() != 2 {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "a new connection never went to the emptier thread"
+                "closed connections still counted: {:?}",
+                serving.open_connections()
             );
-            next = TcpStream::connect(addr).await.expect("connect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let mut next = Vec::new();
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            assert_ne!(
+                answered_by(&mut c).await,
+                first,
+                "went to the fuller thread"
+            );
+            next.push(c);
+        }
+        assert_eq!(serving.open_connections(), [2, 2]);
 
         stop.cancel();
-        drop((conns, next));
+        drop((mine, next));
         tokio::time::timeout(Duration::from_secs(10), serving.finished())
             .await
             .expect("the threads finished after the stop")
             .expect("served without error");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_the_grace_period_the_wait_for_slow_requests_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new()
+            .route("/", get(|| async { "fast" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "slow"
+                }),
+            );
+        let app = switchboard_api::Front::from_router(app);
+        let stop = CancellationToken::new();
+        let mut serving = Serving::start(listener, 2, &app, None, &stop).expect("start");
+
+        // One connection per thread; the second thread's is kept busy.
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        let mut busy = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(answered_by(&mut idle).await, "fast");
+        busy.write_all(b"GET /slow HTTP/1.1\r\nhost: hub\r\n\r\n")
+            .await
+            .expect("write");
+        assert_eq!(serving.open_connections(), [1, 1]);
+
+        // Stopping drains the first thread; the second waits on its
+        // request, so the wait outlasts a grace period.
+        stop.cancel();
+        let waited = tokio::time::timeout(Duration::from_millis(300), serving.finished()).await;
+        assert!(waited.is_err(), "finished with a request in flight");
+        // The grace period is over: waiting again ends once told not to
+        // wait for the slow request.
+        serving.abort();
+        tokio::time::timeout(Duration::from_secs(10), serving.finished())
+            .await
+            .expect("finished after the abort")
+            .expect("served without error");
+        drop((idle, busy));
     }
 }

@@ -60,37 +60,29 @@ fn ms(d: Duration) -> u64 {
 )]
 pub(crate) async fn proxy_doc() {}
 
-/// The gateway's fast path, the hub's outermost layer: a request under
+/// The gateway's fast path (see [`crate::front`]): a request under
 /// `/gw/` is admitted (authenticated, rate-limited, authorized as
 /// `/gw/{service}/{path}` is documented), proxied and answered here,
-/// without the router and the middleware the API's own routes need (they
-/// cost more than the proxying itself). Its correlation id is made and
-/// echoed as for every route; its figures are the gateway's own metrics.
-/// Anything else goes on to the router.
-pub(crate) async fn fast_path(
-    axum::extract::State((access, gateway)): axum::extract::State<(Access, Gateway)>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if !req.uri().path().starts_with("/gw/") {
-        return next.run(req).await;
-    }
+/// without the router and the middleware the API's own routes need.
+/// Its correlation id is made and echoed as for every route; its figures
+/// are the gateway's own metrics.
+pub(crate) async fn proxy_admitted(access: &Access, gateway: &Gateway, req: Request) -> Response {
     crate::context::scoped(req, |req| async move {
         const ROUTE: &str = "/gw/{service}/{path}";
         let rule = access.policies.get(req.method(), ROUTE);
         let admitted =
-            match access::admit(&access, &access::Head::of(&req), ROUTE.to_owned(), rule).await {
+            match access::admit(access, &access::Head::of(&req), ROUTE.to_owned(), rule).await {
                 Ok(a) => a,
                 Err(resp) => return resp,
             };
-        let resp = match std::panic::AssertUnwindSafe(proxy_request(&gateway, req))
+        let resp = match std::panic::AssertUnwindSafe(proxy_request(gateway, req))
             .catch_unwind()
             .await
         {
             Ok(r) => r,
             Err(_) => ApiError::internal("the gateway panicked while proxying").into_response(),
         };
-        access::finish(&access, admitted, resp).await
+        access::finish(access, admitted, resp).await
     })
     .await
 }
