@@ -454,11 +454,13 @@ mod tests {
     async fn after_the_grace_period_the_wait_for_slow_requests_ends() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let (started, mut slow_started) = mpsc::unbounded_channel();
         let app = axum::Router::new()
             .route("/", get(|| async { "fast" }))
             .route(
                 "/slow",
-                get(|| async {
+                get(move || async move {
+                    let _ = started.send(());
                     tokio::time::sleep(Duration::from_secs(60)).await;
                     "slow"
                 }),
@@ -474,6 +476,10 @@ mod tests {
         busy.write_all(b"GET /slow HTTP/1.1\r\nhost: hub\r\n\r\n")
             .await
             .expect("write");
+        tokio::time::timeout(Duration::from_secs(10), slow_started.recv())
+            .await
+            .expect("the slow request started")
+            .expect("its handler");
         assert_eq!(serving.open_connections(), [1, 1]);
 
         // Stopping drains the first thread; the second waits on its
