@@ -380,8 +380,8 @@ fn credential<'r>(headers: &'r HeaderMap, query: Option<&'r str>, route: &str) -
 
 /// The peer of a connection as the server's listener saw it: its address,
 /// and the identity its verified client certificate names (mTLS). The
-/// server's listeners report it as their address (wrapped in axum's
-/// `TapIo`, whose `Connected` impl hands it to `ConnectInfo`).
+/// server's listeners report it as their address, and [`crate::Front`]
+/// puts it on each request as `ConnectInfo<ClientAddr>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAddr {
     /// The peer's address.

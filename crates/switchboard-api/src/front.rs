@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use axum::serve::{IncomingStream, Listener};
 use futures_util::future::Either;
@@ -30,24 +30,21 @@ pub struct Front(Arc<Inner>);
 struct Inner {
     router: Router,
     /// The gateway's fast path: `None` serves `/gw/` from the router too.
-    gateway: Option<(Access, Gateway)>,
+    fast: Option<Arc<(Access, Gateway)>>,
 }
 
 impl Front {
     pub(crate) fn new(router: Router, access: Access, gateway: Gateway) -> Self {
         Self(Arc::new(Inner {
             router,
-            gateway: Some((access, gateway)),
+            fast: Some(Arc::new((access, gateway))),
         }))
     }
 
     /// Serves `router` alone, with the connection handling of the hub
     /// (`ConnectInfo<ClientAddr>` on every request).
     pub fn from_router(router: Router) -> Self {
-        Self(Arc::new(Inner {
-            router,
-            gateway: None,
-        }))
+        Self(Arc::new(Inner { router, fast: None }))
     }
 
     /// The service of a connection from `peer`.
@@ -96,17 +93,14 @@ impl Service<Request> for Connection {
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         req.extensions_mut().insert(self.peer.clone());
-        if self.front.gateway.is_some() && req.uri().path().starts_with("/gw/") {
-            let front = self.front.clone();
-            Either::Left(Box::pin(async move {
-                let resp = match &front.gateway {
-                    Some((access, gw)) => gateway::proxy_admitted(access, gw, req).await,
-                    None => crate::not_found().await.into_response(),
-                };
-                Ok(resp)
-            }))
-        } else {
-            Either::Right(self.front.router.clone().call(req))
+        match &self.front.fast {
+            Some(fast) if req.uri().path().starts_with("/gw/") => {
+                let fast = fast.clone();
+                Either::Left(Box::pin(async move {
+                    Ok(gateway::proxy_admitted(&fast.0, &fast.1, req).await)
+                }))
+            }
+            _ => Either::Right(self.front.router.clone().call(req)),
         }
     }
 }

@@ -4,8 +4,9 @@
 //! Layout:
 //! - [`front`] builds the whole API from an [`AppState`]: the service of
 //!   each connection, which sends `/gw/` requests straight to the gateway
-//!   and the rest to the `axum::Router`; [`openapi`] returns the OpenAPI 3.1 document generated from the same
-//!   route table, so the document cannot list a route that does not exist.
+//!   and the rest to the `axum::Router`; [`openapi`] returns the OpenAPI
+//!   3.1 document generated from the same route table, so the document
+//!   cannot list a route that does not exist.
 //! - `routes/*`: one module per resource; handlers are thin: extract,
 //!   convert, call the component handle, convert back.
 //! - `error`: [`ApiError`], rendered as problem+json.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use axum::serve::{Listener, ListenerExt};
+use axum::serve::Listener;
 use switchboard_api::ClientAddr;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -227,14 +227,13 @@ impl Thread {
             match self.tls {
                 Some(tls) => {
                     let listener =
-                        tls::TlsListener::start(self.handed, tls, self.stop.child_token())
-                            .tap_io(|_| {});
+                        tls::TlsListener::start(self.handed, tls, self.stop.child_token());
                     axum::serve(listener, self.app)
                         .with_graceful_shutdown(stop)
                         .await
                 }
                 None => {
-                    axum::serve(self.handed.tap_io(|_| {}), self.app)
+                    axum::serve(self.handed, self.app)
                         .with_graceful_shutdown(stop)
                         .await
                 }
