@@ -41,6 +41,25 @@ pub(crate) fn storage_error(context: &str, e: sqlx::Error) -> StorageError {
     StorageError::new(kind, format!("{context}: {e}"))
 }
 
+/// [`storage_error`] for an error of a direct (`rusqlite`) connection.
+pub(crate) fn direct_error(context: &str, e: rusqlite::Error) -> StorageError {
+    use rusqlite::ErrorCode;
+    let kind = match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StorageErrorKind::Busy,
+        Some(ErrorCode::ConstraintViolation) => StorageErrorKind::Conflict,
+        Some(ErrorCode::CannotOpen | ErrorCode::SystemIoFailure | ErrorCode::DiskFull) => {
+            StorageErrorKind::Unavailable
+        }
+        _ => match e {
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => StorageErrorKind::Corrupt,
+            _ => StorageErrorKind::Other,
+        },
+    };
+    StorageError::new(kind, format!("{context}: {e}"))
+}
+
 /// An error for stored data that does not decode.
 pub(crate) fn corrupt(context: &str, detail: impl std::fmt::Display) -> StorageError {
     StorageError::new(StorageErrorKind::Corrupt, format!("{context}: {detail}"))

@@ -20,7 +20,7 @@ use switchboard_core::{Clock, Readiness, StorageError, StorageErrorKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::storage_error;
+use crate::{direct_error, storage_error};
 
 mod agents;
 mod auth;
@@ -120,6 +120,31 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Stamps appends made outside the batchers (task rounds).
     clock: Clock,
+}
+
+/// The direct write connection (see `writer`), set up as the `sqlx` write
+/// connection is: the schema is already in place.
+fn open_direct(path: &Path, sync: Synchronous) -> Result<rusqlite::Connection, StorageError> {
+    let ctx = format!("open {} for direct writes", path.display());
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| direct_error(&ctx, e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| direct_error(&ctx, e))?;
+    let sync = match sync {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    // As the `sqlx` connections: no checkpoint inside a commit, and the
+    // same 64 MiB page cache as the other writer.
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
+         PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -65536;"
+    ))
+    .map_err(|e| direct_error(&ctx, e))?;
+    Ok(conn)
 }
 
 /// How often the WAL is checkpointed.
@@ -328,7 +353,7 @@ impl SqliteStore {
             config.clock.clone(),
             events::last_appended(&mut conn).await?,
         );
-        let writer = Writer::new(conn);
+        let writer = Writer::new(conn, open_direct(&path, config.synchronous)?);
         // A local file cannot drop a connection the way a network can, so
         // read connections are not pinged each time they are taken from
         // their pool: the ping is one more round trip to SQLite's thread.

@@ -16,7 +16,7 @@ use switchboard_registry::{
 use tokio::sync::watch;
 
 use super::SqliteStore;
-use super::batch::BatchWrite;
+use super::batch::SqlxWrite;
 use super::events::{advance, insert_events};
 use super::seen::Seen;
 use crate::{corrupt, storage_error};
@@ -227,7 +227,7 @@ pub(crate) struct LivenessWrite {
     pub(crate) seen: Seen,
 }
 
-impl BatchWrite for LivenessWrite {
+impl SqlxWrite for LivenessWrite {
     type Item = LivenessBatch;
     /// The last event appended for the item, if any.
     type Output = Option<u64>;

@@ -2,10 +2,9 @@
 //! where the kind allows, one statement.
 //!
 //! A [`Batcher`] owns a queue of items. One task takes every item waiting
-//! (up to [`MAX_BATCH`]), hands them to [`BatchWrite::write`] inside one
-//! transaction on the writer connection (begun and committed by the kind
-//! itself where it says so, to save round trips), commits once, and only
-//! then answers each caller. No caller is answered before its write is
+//! (up to [`MAX_BATCH`]), hands them to [`BatchWrite::commit`], which writes
+//! them in one transaction on a write connection and commits once, and
+//! only then answers each caller. No caller is answered before its write is
 //! committed. Under light load a batch is a single item, so nothing waits
 //! for a batch to fill; under heavy load one commit (and one statement)
 //! serves hundreds of writes.
@@ -13,7 +12,7 @@
 use std::future::Future;
 
 use super::Writer;
-use super::writer::spawn_detached;
+use super::writer::{closed, spawn_detached};
 use sqlx::Connection;
 use sqlx::SqliteConnection;
 use switchboard_core::{StorageError, StorageErrorKind};
@@ -33,15 +32,24 @@ pub(crate) trait BatchWrite: Send + Sync + 'static {
     /// What its caller is answered.
     type Output: Send + 'static;
 
-    /// Whether [`write`](Self::write) begins and commits the transaction
-    /// itself (so that `BEGIN` and `COMMIT` travel with its statements
-    /// instead of as round trips to SQLite's thread of their own), and
-    /// rolls it back when it fails.
-    const OWN_TRANSACTION: bool = false;
+    /// Writes `items` in order in one transaction on `writer`'s
+    /// connections and commits it; one output per item, in the same order.
+    fn commit(
+        &self,
+        writer: &Writer,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<Self::Output>, StorageError>> + Send;
+}
 
-    /// Applies `items` in order on `conn` (inside a transaction, unless
-    /// [`OWN_TRANSACTION`](Self::OWN_TRANSACTION)) and returns one output
-    /// per item, in the same order.
+/// A [`BatchWrite`] on the `sqlx` write connection.
+pub(crate) trait SqlxWrite: Send + Sync + 'static {
+    /// One write.
+    type Item: Send + Sync + 'static;
+    /// What its caller is answered.
+    type Output: Send + 'static;
+
+    /// Applies `items` in order on `conn`, inside a transaction, and
+    /// returns one output per item, in the same order.
     fn write(
         &self,
         conn: &mut SqliteConnection,
@@ -104,22 +112,23 @@ impl<W: BatchWrite> Batcher<W> {
     }
 }
 
-fn closed() -> StorageError {
-    StorageError::new(StorageErrorKind::Unavailable, "the store is closed")
-}
-
 async fn run<W: BatchWrite>(writer: Writer, kind: W, mut rx: mpsc::Receiver<Pending<W>>) {
     let mut pending: Vec<Pending<W>> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
         let (items, replies): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
-        match commit(&writer, &kind, &items).await {
+        let n = items.len();
+        match kind
+            .commit(&writer, items)
+            .await
+            .and_then(|o| counted(o, n))
+        {
             Ok(outputs) => {
                 for (reply, out) in replies.into_iter().zip(outputs) {
                     let _ = reply.send(Ok(out));
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, items = items.len(), "batched commit failed");
+                tracing::warn!(%error, items = n, "batched commit failed");
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -128,25 +137,23 @@ async fn run<W: BatchWrite>(writer: Writer, kind: W, mut rx: mpsc::Receiver<Pend
     }
 }
 
-async fn commit<W: BatchWrite>(
-    writer: &Writer,
-    kind: &W,
-    items: &[W::Item],
-) -> Result<Vec<W::Output>, StorageError> {
-    let ctx = "batched write";
-    let mut conn = writer.lock().await?;
-    let outputs = if W::OWN_TRANSACTION {
-        // Committed already: a count that does not match is a bug,
-        // reported to every caller of the batch.
-        counted(kind.write(&mut conn, items).await?, items.len())?
-    } else {
+impl<W: SqlxWrite> BatchWrite for W {
+    type Item = W::Item;
+    type Output = W::Output;
+
+    async fn commit(
+        &self,
+        writer: &Writer,
+        items: Vec<W::Item>,
+    ) -> Result<Vec<W::Output>, StorageError> {
+        let ctx = "batched write";
+        let mut conn = writer.lock().await?;
         let mut tx = conn.begin().await.map_err(|e| storage_error(ctx, e))?;
-        let outputs = counted(kind.write(&mut tx, items).await?, items.len())?;
+        let outputs = counted(self.write(&mut tx, &items).await?, items.len())?;
         tx.commit().await.map_err(|e| storage_error(ctx, e))?;
-        outputs
-    };
-    kind.committed(&outputs);
-    Ok(outputs)
+        self.committed(&outputs);
+        Ok(outputs)
+    }
 }
 
 /// `outputs`, if there is one for each of the `items` written.

@@ -1,6 +1,6 @@
 //! `EventLog` for SQLite.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
@@ -12,11 +12,10 @@ use switchboard_bus::{Event, EventLog, NewEvent, Pattern, ReadFrom, Scheduled, T
 use switchboard_core::{Clock, StorageError, UnixMillis};
 use tokio::sync::watch;
 
-use super::SqliteStore;
 use super::batch::BatchWrite;
 use super::seen::Seen;
-use super::writer::rollback;
-use crate::{corrupt, storage_error};
+use super::{SqliteStore, Writer};
+use crate::{corrupt, direct_error, storage_error};
 
 use switchboard_bus::event::ext::PARTITION_KEY;
 
@@ -184,12 +183,12 @@ impl Recent {
     }
 }
 
-/// `BEGIN`, then the stored copies of a batch's events within their
-/// windows, oldest first: `?1` is a JSON array of `{"s": source, "i": id,
-/// "t": oldest appended_at}`. Built once.
+/// The stored copies of a batch's events within their windows, oldest
+/// first: `?1` is a JSON array of `{"s": source, "i": id, "t": oldest
+/// appended_at}`. Built once.
 static DUPLICATES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "BEGIN; SELECT {} FROM events e JOIN json_each(?1) j \
+        "SELECT {} FROM events e JOIN json_each(?1) j \
          ON e.source = j.value ->> 's' AND e.id = j.value ->> 'i' \
          WHERE e.appended_at >= j.value ->> 't' ORDER BY e.seq",
         COLUMNS
@@ -208,14 +207,32 @@ struct DedupKey<'a> {
     t: UnixMillis,
 }
 
+/// One event of a batch: what its publisher is answered.
+enum Answer {
+    /// A copy stored earlier.
+    Stored(Arc<Event>),
+    /// Inserted by this batch at this offset.
+    Fresh(u64),
+    /// The same as the batch's event at this position (counted over all
+    /// of the batch's events), an earlier one.
+    Repeat(usize),
+}
+
 impl AppendWrite {
-    /// Appends `items` in one transaction that it begins and commits.
-    async fn append(
+    /// Appends `items` in one transaction on the direct write connection,
+    /// on this thread: a look-up of earlier copies only when `seen` says
+    /// there may be one, then one insert per new event, then the commit.
+    fn append(
         &self,
-        conn: &mut SqliteConnection,
-        items: &[AppendItem],
+        conn: &mut rusqlite::Connection,
+        items: Vec<AppendItem>,
     ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
+        let ctx = "append events";
         let now = self.clock.now_ms();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| direct_error(ctx, e))?;
+        let events = || items.iter().flat_map(|it| &it.events);
         // Each event's key, with the oldest append time a copy may have.
         let keys = || {
             items.iter().flat_map(move |it| {
@@ -228,90 +245,71 @@ impl AppendWrite {
             })
         };
         // Almost always none could have been appended before: then the
-        // look-up is skipped and `BEGIN` goes with the inserts. Otherwise
-        // the earlier copies are found with one query.
-        let looked = self.seen.may_hold(keys().map(|k| (k.s, k.i, k.t)));
-        let found: Vec<Arc<Event>> = if looked {
-            let keys = serde_json::to_string(&keys().collect::<Vec<_>>())
-                .map_err(|e| corrupt("append events", e))?;
-            let rows = sqlx::query(&DUPLICATES)
-                .bind(keys)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(|e| storage_error("look for duplicate events", e))?;
-            rows.iter()
-                .map(|r| decode(r).map(Arc::new))
-                .collect::<Result<_, _>>()?
+        // look-up is skipped.
+        let found = if self.seen.may_hold(keys().map(|k| (k.s, k.i, k.t))) {
+            let keys =
+                serde_json::to_string(&keys().collect::<Vec<_>>()).map_err(|e| corrupt(ctx, e))?;
+            earlier_copies(&tx, &keys)?
         } else {
             Vec::new()
         };
-        // Each key's answer: its stored copy. Keyed by borrowed strings, so
-        // that no lookup copies a key.
-        let mut answers: HashMap<(&str, &str), Arc<Event>> = HashMap::new();
-        for e in &found {
-            answers
-                .entry((&e.source, &e.id))
-                .or_insert_with(|| e.clone());
-        }
-        // Which events are new, first occurrence only.
-        let mut fresh: Vec<&NewEvent> = Vec::new();
-        let mut batch_keys: HashSet<(&str, &str)> = HashSet::new();
-        for e in items.iter().flat_map(|it| &it.events) {
-            let key = (e.source.as_str(), e.id.as_str());
-            if !answers.contains_key(&key) && batch_keys.insert(key) {
-                fresh.push(e);
+        let mut plan: Vec<Answer> = Vec::with_capacity(events().count());
+        {
+            // Keyed by borrowed strings, so that no lookup copies a key.
+            let mut earlier: HashMap<(&str, &str), &Arc<Event>> = HashMap::new();
+            for e in &found {
+                earlier.entry((&e.source, &e.id)).or_insert(e);
+            }
+            // New events, first occurrence in the batch only.
+            let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+            let mut fresh: Vec<&NewEvent> = Vec::new();
+            for (at, e) in events().enumerate() {
+                let key = (e.source.as_str(), e.id.as_str());
+                if let Some(copy) = earlier.get(&key) {
+                    plan.push(Answer::Stored(Arc::clone(copy)));
+                } else if let Some(&before) = first.get(&key) {
+                    plan.push(Answer::Repeat(before));
+                } else {
+                    first.insert(key, at);
+                    fresh.push(e);
+                    plan.push(Answer::Fresh(0));
+                }
+            }
+            let mut seqs = insert_direct(&self.seen, &tx, &fresh, now)?.into_iter();
+            for answer in &mut plan {
+                if let Answer::Fresh(seq) = answer {
+                    *seq = seqs
+                        .next()
+                        .ok_or_else(|| corrupt(ctx, "an event lost its place"))?;
+                }
             }
         }
-        let begin = if looked {
-            Begin::Began
-        } else {
-            Begin::WithInserts
-        };
-        let seqs = insert(&self.seen, conn, &fresh, now, Some(begin)).await?;
-        for (e, seq) in fresh.iter().zip(seqs) {
-            answers.insert(
-                (e.source.as_str(), e.id.as_str()),
-                Arc::new(stored((*e).clone(), seq, now)),
-            );
+        tx.commit().map_err(|e| direct_error(ctx, e))?;
+        // Committed: each event moves into its stored form.
+        let mut plan = plan.into_iter();
+        let mut answered: Vec<Arc<Event>> = Vec::with_capacity(plan.len());
+        let mut outputs = Vec::with_capacity(items.len());
+        for item in items {
+            let mut out = Vec::with_capacity(item.events.len());
+            for e in item.events {
+                let answer = match plan.next() {
+                    Some(Answer::Stored(copy)) => copy,
+                    Some(Answer::Fresh(seq)) => Arc::new(stored(e, seq, now)),
+                    Some(Answer::Repeat(before)) => answered
+                        .get(before)
+                        .cloned()
+                        .ok_or_else(|| corrupt(ctx, "an event lost its place"))?,
+                    None => return Err(corrupt(ctx, "an event lost its place")),
+                };
+                answered.push(answer.clone());
+                out.push(answer);
+            }
+            outputs.push(out);
         }
-        items
-            .iter()
-            .map(|it| {
-                it.events
-                    .iter()
-                    .map(|e| {
-                        answers
-                            .get(&(e.source.as_str(), e.id.as_str()))
-                            .cloned()
-                            .ok_or_else(|| corrupt("append events", "an event lost its place"))
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-}
-
-impl BatchWrite for AppendWrite {
-    type Item = AppendItem;
-    type Output = Vec<Arc<Event>>;
-
-    /// A batch is one round trip to SQLite's thread, `BEGIN` with the
-    /// inserts and `COMMIT`, unless `seen` says an event may be a repeat:
-    /// then `BEGIN` with the look-up of earlier copies comes first.
-    const OWN_TRANSACTION: bool = true;
-
-    async fn write(
-        &self,
-        conn: &mut SqliteConnection,
-        items: &[Self::Item],
-    ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
-        let written = self.append(conn, items).await;
-        if written.is_err() {
-            rollback(conn, "append").await;
-        }
-        written
+        Ok(outputs)
     }
 
+    /// Called after a batch committed, before any caller is answered.
     fn committed(&self, outputs: &[Vec<Arc<Event>>]) {
         let mut fresh: Vec<&Arc<Event>> = outputs.iter().flatten().collect();
         fresh.sort_by_key(|e| e.offset);
@@ -321,6 +319,91 @@ impl BatchWrite for AppendWrite {
             advance(&self.head, last);
         }
     }
+}
+
+impl BatchWrite for AppendWrite {
+    type Item = AppendItem;
+    type Output = Vec<Arc<Event>>;
+
+    /// On the direct connection: the group commit has a thread of its own,
+    /// so SQLite's work runs on it, with no hop to `sqlx`'s thread and
+    /// back.
+    async fn commit(
+        &self,
+        writer: &Writer,
+        items: Vec<AppendItem>,
+    ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
+        let outputs = self.append(&mut *writer.lock_direct().await?, items)?;
+        self.committed(&outputs);
+        Ok(outputs)
+    }
+}
+
+/// The rows of [`DUPLICATES`] for `keys`.
+fn earlier_copies(
+    tx: &rusqlite::Transaction<'_>,
+    keys: &str,
+) -> Result<Vec<Arc<Event>>, StorageError> {
+    let ctx = "look for duplicate events";
+    let mut stmt = tx
+        .prepare_cached(&DUPLICATES)
+        .map_err(|e| direct_error(ctx, e))?;
+    let mut rows = stmt.query([keys]).map_err(|e| direct_error(ctx, e))?;
+    let mut found = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| direct_error(ctx, e))? {
+        found.push(Arc::new(decode_direct(row)?));
+    }
+    Ok(found)
+}
+
+/// Inserts one event; its columns are numbered as [`event_params`] binds
+/// them.
+const INSERT_ONE: &str = "INSERT INTO events (id, source, type, topic, subject, time, \
+     appended_at, datacontenttype, data, extensions, size, key) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+
+/// [`insert_events`] on the direct connection: one prepared insert run
+/// once per event, on this thread.
+fn insert_direct(
+    seen: &Seen,
+    tx: &rusqlite::Transaction<'_>,
+    events: &[&NewEvent],
+    now: UnixMillis,
+) -> Result<Vec<u64>, StorageError> {
+    let ctx = "append events";
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    seen.note(
+        now,
+        events.iter().map(|e| (e.source.as_str(), e.id.as_str())),
+    );
+    let mut stmt = tx
+        .prepare_cached(INSERT_ONE)
+        .map_err(|e| direct_error(ctx, e))?;
+    events
+        .iter()
+        .map(|e| {
+            let row = event_row(e);
+            let seq = stmt
+                .insert(rusqlite::params![
+                    e.id,
+                    e.source,
+                    e.event_type,
+                    e.topic,
+                    e.subject,
+                    e.time.unwrap_or(now),
+                    now,
+                    e.datacontenttype,
+                    row.data,
+                    row.extensions,
+                    row.size,
+                    row.key,
+                ])
+                .map_err(|e| direct_error(ctx, e))?;
+            u64::try_from(seq).map_err(|_| corrupt(ctx, format!("offset {seq}")))
+        })
+        .collect()
 }
 
 /// Moves the head forward to `seq` (never back), waking the dispatcher.
@@ -409,36 +492,8 @@ pub(crate) async fn insert_events(
     events: &[&NewEvent],
     now: UnixMillis,
 ) -> Result<Vec<u64>, StorageError> {
-    insert(seen, conn, events, now, None).await
-}
-
-/// Where the transaction of an [`insert`] that commits it begins.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Begin {
-    /// Already begun.
-    Began,
-    /// With the first insert, in the same round trip.
-    WithInserts,
-}
-
-/// [`insert_events`]; with `own`, the transaction is the inserts' own: it
-/// begins as `own` says and commits in the same round trip as the last
-/// insert.
-async fn insert(
-    seen: &Seen,
-    conn: &mut SqliteConnection,
-    events: &[&NewEvent],
-    now: UnixMillis,
-    own: Option<Begin>,
-) -> Result<Vec<u64>, StorageError> {
     let ctx = "append events";
     if events.is_empty() {
-        if own == Some(Begin::Began) {
-            sqlx::query("COMMIT")
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| storage_error(ctx, e))?;
-        }
         return Ok(Vec::new());
     }
     seen.note(
@@ -446,20 +501,13 @@ async fn insert(
         events.iter().map(|e| (e.source.as_str(), e.id.as_str())),
     );
     let mut seqs: Vec<u64> = Vec::with_capacity(events.len());
-    let chunks = events.len().div_ceil(INSERT_CHUNK);
-    for (i, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
-        let begin = i == 0 && own == Some(Begin::WithInserts);
-        let mut q = QueryBuilder::<Sqlite>::new(if begin { "BEGIN; " } else { "" });
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let mut q = QueryBuilder::<Sqlite>::new("");
         push_insert_events(&mut q, chunk, now);
         // Rows are numbered in the order of VALUES, one after another (one
         // writer, AUTOINCREMENT), so the last number and the count give
         // every offset: one row back instead of one per event.
         q.push("; SELECT last_insert_rowid(), changes()");
-        if own.is_some() && i + 1 == chunks {
-            q.push("; COMMIT");
-        }
-        // `fetch_all`: a stream dropped after its first row would not run
-        // the COMMIT that follows.
         let rows: Vec<(i64, i64)> = q
             .build_query_as()
             .fetch_all(&mut *conn)
@@ -514,18 +562,49 @@ pub(crate) async fn last_appended(
         .map_err(|e| storage_error("read the log's last append time", e))
 }
 
+/// The columns of [`COLUMNS`], as read.
+struct Columns {
+    seq: i64,
+    id: String,
+    source: String,
+    event_type: String,
+    topic: String,
+    subject: Option<String>,
+    time: UnixMillis,
+    datacontenttype: String,
+    data: Option<String>,
+    extensions: String,
+}
+
+impl Columns {
+    fn event(self) -> Result<Event, StorageError> {
+        let data = self
+            .data
+            .map(|d| serde_json::from_str(&d).map_err(|e| corrupt("event data", e)))
+            .transpose()?;
+        let extensions: Map<String, Value> =
+            serde_json::from_str(&self.extensions).map_err(|e| corrupt("event extensions", e))?;
+        Ok(Event {
+            offset: u64::try_from(self.seq).unwrap_or(0),
+            id: self.id,
+            source: self.source,
+            event_type: self.event_type,
+            topic: self.topic,
+            subject: self.subject,
+            time: self.time,
+            datacontenttype: self.datacontenttype,
+            data,
+            extensions,
+            rendered: Default::default(),
+        })
+    }
+}
+
+/// An event from a row of [`COLUMNS`].
 pub(crate) fn decode(row: &SqliteRow) -> Result<Event, StorageError> {
     let get = |e| storage_error("decode event", e);
-    let seq: i64 = row.try_get("seq").map_err(get)?;
-    let data: Option<String> = row.try_get("data").map_err(get)?;
-    let data = data
-        .map(|d| serde_json::from_str(&d).map_err(|e| corrupt("event data", e)))
-        .transpose()?;
-    let ext: String = row.try_get("extensions").map_err(get)?;
-    let extensions: Map<String, Value> =
-        serde_json::from_str(&ext).map_err(|e| corrupt("event extensions", e))?;
-    Ok(Event {
-        offset: u64::try_from(seq).unwrap_or(0),
+    Columns {
+        seq: row.try_get("seq").map_err(get)?,
         id: row.try_get("id").map_err(get)?,
         source: row.try_get("source").map_err(get)?,
         event_type: row.try_get("type").map_err(get)?,
@@ -533,10 +612,28 @@ pub(crate) fn decode(row: &SqliteRow) -> Result<Event, StorageError> {
         subject: row.try_get("subject").map_err(get)?,
         time: row.try_get("time").map_err(get)?,
         datacontenttype: row.try_get("datacontenttype").map_err(get)?,
-        data,
-        extensions,
-        rendered: Default::default(),
-    })
+        data: row.try_get("data").map_err(get)?,
+        extensions: row.try_get("extensions").map_err(get)?,
+    }
+    .event()
+}
+
+/// [`decode`] for a row of the direct connection.
+fn decode_direct(row: &rusqlite::Row<'_>) -> Result<Event, StorageError> {
+    let get = |e| direct_error("decode event", e);
+    Columns {
+        seq: row.get("seq").map_err(get)?,
+        id: row.get("id").map_err(get)?,
+        source: row.get("source").map_err(get)?,
+        event_type: row.get("type").map_err(get)?,
+        topic: row.get("topic").map_err(get)?,
+        subject: row.get("subject").map_err(get)?,
+        time: row.get("time").map_err(get)?,
+        datacontenttype: row.get("datacontenttype").map_err(get)?,
+        data: row.get("data").map_err(get)?,
+        extensions: row.get("extensions").map_err(get)?,
+    }
+    .event()
 }
 
 #[cfg(test)]
@@ -618,9 +715,14 @@ mod tests {
         } else {
             "DROP TRIGGER temp.refuse"
         };
-        sqlx::query(sql)
-            .execute(&mut *store.writer.lock().await.expect("writer"))
+        // On the connection appends use: a temporary trigger is its
+        // connection's own.
+        store
+            .writer
+            .lock_direct()
             .await
+            .expect("writer")
+            .execute_batch(sql)
             .expect("trigger");
     }
 

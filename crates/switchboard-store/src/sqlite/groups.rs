@@ -15,7 +15,7 @@ use switchboard_core::StorageError;
 use tokio::sync::watch;
 
 use super::SqliteStore;
-use super::batch::BatchWrite;
+use super::batch::SqlxWrite;
 use super::events::{COLUMNS, advance, decode, insert_events};
 use super::seen::Seen;
 use crate::{corrupt, storage_error};
@@ -215,7 +215,7 @@ pub(crate) struct GroupWrite {
     pub(crate) seen: Seen,
 }
 
-impl BatchWrite for GroupWrite {
+impl SqlxWrite for GroupWrite {
     type Item = GroupItem;
     type Output = u64;
 

@@ -25,7 +25,7 @@
 //! to the query). The clock only decides when a generation starts.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchboard_core::{Clock, UnixMillis};
@@ -57,17 +57,39 @@ struct Keys {
 
 #[derive(Debug)]
 struct Generation {
-    keys: HashSet<u64>,
+    keys: HashSet<u64, BuildHasherDefault<Hashed>>,
     /// When it started, by the clock.
     since: UnixMillis,
     /// The newest `appended_at` noted in it.
     newest: UnixMillis,
 }
 
+/// The hasher of a set of keys that are keyed hashes already: each is its
+/// own hash, not hashed again.
+#[derive(Debug, Default)]
+struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed here; anything else is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+}
+
 impl Generation {
     fn new(since: UnixMillis) -> Self {
         Self {
-            keys: HashSet::new(),
+            keys: HashSet::default(),
             since,
             newest: UnixMillis::MIN,
         }

@@ -8,9 +8,18 @@
 //! milliseconds for the connection to come back after every write. Here
 //! the connection is free again the moment its user is done.
 //!
+//! The lock guards two connections to the one database: the `sqlx`
+//! connection most writers use, whose statements run on a thread of
+//! `sqlx`'s and are awaited, and a direct one (`rusqlite`) whose
+//! statements run on the caller's own thread. The group commit of event
+//! appends, which owns a thread, uses the direct one: each of its batches
+//! then costs no hop to another thread and back. Whoever holds the lock
+//! may use either, never both in one transaction.
+//!
 //! A transaction dropped unfinished (its caller's future dropped) queues
-//! its rollback on the connection, which SQLite's thread runs before the
-//! next user's first statement.
+//! its rollback on the `sqlx` connection, which SQLite's thread runs before
+//! the next user's first statement. Until it has run, the direct
+//! connection's writes wait for it (`busy_timeout`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,33 +28,62 @@ use sqlx::SqliteConnection;
 use switchboard_core::{StorageError, StorageErrorKind};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-/// The write connection; cheap to clone.
-#[derive(Clone, Debug)]
-pub(crate) struct Writer(Arc<Mutex<Option<SqliteConnection>>>);
+/// The write connections; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Writer(Arc<Mutex<Option<Conns>>>);
+
+/// The two connections behind the lock.
+struct Conns {
+    sqlx: SqliteConnection,
+    direct: rusqlite::Connection,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
 
 impl Writer {
-    pub(crate) fn new(conn: SqliteConnection) -> Self {
-        Self(Arc::new(Mutex::new(Some(conn))))
+    pub(crate) fn new(sqlx: SqliteConnection, direct: rusqlite::Connection) -> Self {
+        Self(Arc::new(Mutex::new(Some(Conns { sqlx, direct }))))
     }
 
-    /// Waits for the connection; an error once the store is closed.
+    /// Waits for the `sqlx` connection; an error once the store is closed.
     pub(crate) async fn lock(
         &self,
     ) -> Result<MappedMutexGuard<'_, SqliteConnection>, StorageError> {
-        MutexGuard::try_map(self.0.lock().await, Option::as_mut)
-            .map_err(|_| StorageError::new(StorageErrorKind::Unavailable, "the store is closed"))
+        MutexGuard::try_map(self.0.lock().await, |c| c.as_mut().map(|c| &mut c.sqlx))
+            .map_err(|_| closed())
     }
 
-    /// Waits for the connection's current user, then closes it: every
+    /// Waits for the direct connection; an error once the store is
+    /// closed. Its statements block the calling thread.
+    pub(crate) async fn lock_direct(
+        &self,
+    ) -> Result<MappedMutexGuard<'_, rusqlite::Connection>, StorageError> {
+        MutexGuard::try_map(self.0.lock().await, |c| c.as_mut().map(|c| &mut c.direct))
+            .map_err(|_| closed())
+    }
+
+    /// Waits for the connections' current user, then closes them: every
     /// later `lock` fails.
     pub(crate) async fn close(&self) {
-        let conn = self.0.lock().await.take();
-        if let Some(conn) = conn
-            && let Err(error) = sqlx::Connection::close(conn).await
-        {
-            tracing::warn!(%error, "closing the write connection failed");
+        let conns = self.0.lock().await.take();
+        if let Some(Conns { sqlx, direct }) = conns {
+            if let Err((_, error)) = direct.close() {
+                tracing::warn!(%error, "closing the direct write connection failed");
+            }
+            if let Err(error) = sqlx::Connection::close(sqlx).await {
+                tracing::warn!(%error, "closing the write connection failed");
+            }
         }
     }
+}
+
+/// The error of a write once the store is closed.
+pub(super) fn closed() -> StorageError {
+    StorageError::new(StorageErrorKind::Unavailable, "the store is closed")
 }
 
 /// Ends the transaction a failed script left open on `conn` (a script that
