@@ -130,12 +130,34 @@ impl std::fmt::Debug for Rendered {
     }
 }
 
-fn check_attr(errs: &mut FieldErrors, field: String, value: &str) {
+/// Checks one attribute; its field name is only formatted for an error.
+fn check_attr(errs: &mut FieldErrors, prefix: &str, name: &str, value: &str) {
     if value.is_empty() {
-        errs.push(field, "must not be empty");
+        errs.push(format!("{prefix}{name}"), "must not be empty");
     } else if value.len() > MAX_ATTR_LEN {
-        errs.push(field, format!("must be at most {MAX_ATTR_LEN} bytes"));
+        errs.push(
+            format!("{prefix}{name}"),
+            format!("must be at most {MAX_ATTR_LEN} bytes"),
+        );
     }
+}
+
+/// Whether a content type's essence (before any `;`, trimmed, any case)
+/// is JSON or text.
+fn json_or_text(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .as_bytes();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || essence
+            .get(essence.len().saturating_sub(5)..)
+            .is_some_and(|end| end.len() == 5 && end.eq_ignore_ascii_case(b"+json"))
+        || essence
+            .get(..5)
+            .is_some_and(|start| start.eq_ignore_ascii_case(b"text/"))
 }
 
 impl NewEvent {
@@ -158,30 +180,25 @@ impl NewEvent {
     /// Checks every attribute; errors are named `{prefix}{attribute}`
     /// (`events[2].topic`).
     pub fn check(&self, prefix: &str, errs: &mut FieldErrors) {
-        check_attr(errs, format!("{prefix}id"), &self.id);
-        check_attr(errs, format!("{prefix}source"), &self.source);
-        check_attr(errs, format!("{prefix}type"), &self.event_type);
+        check_attr(errs, prefix, "id", &self.id);
+        check_attr(errs, prefix, "source", &self.source);
+        check_attr(errs, prefix, "type", &self.event_type);
         if let Some(s) = &self.subject {
-            check_attr(errs, format!("{prefix}subject"), s);
+            check_attr(errs, prefix, "subject", s);
         }
         if let Err(r) = topic::check_topic(&self.topic) {
             errs.push(format!("{prefix}topic"), r);
         }
-        let ct = self.datacontenttype.to_ascii_lowercase();
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        if essence != "application/json"
-            && !essence.ends_with("+json")
-            && !essence.starts_with("text/")
-        {
+        if !json_or_text(&self.datacontenttype) {
             errs.push(
                 format!("{prefix}datacontenttype"),
                 "must be application/json, a +json type or a text/ type",
             );
         }
         for (name, value) in &self.extensions {
-            let field = format!("{prefix}{name}");
+            let field = || format!("{prefix}{name}");
             if RESERVED.contains(&name.as_str()) {
-                errs.push(field, "is a reserved attribute name");
+                errs.push(field(), "is a reserved attribute name");
             } else if name.is_empty()
                 || name.len() > 20
                 || !name
@@ -189,21 +206,24 @@ impl NewEvent {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             {
                 errs.push(
-                    field,
+                    field(),
                     "is not a CloudEvents attribute name (1 to 20 of a-z and 0-9)",
                 );
             } else if !(value.is_string() || value.is_number() || value.is_boolean()) {
                 errs.push(
-                    field,
+                    field(),
                     "an extension attribute must be a string, number or boolean",
                 );
             } else if name == ext::DELIVER_AT && deliver_at(value).is_none() {
-                errs.push(field, "must be an RFC 3339 time like 2026-01-15T12:00:00Z");
+                errs.push(
+                    field(),
+                    "must be an RFC 3339 time like 2026-01-15T12:00:00Z",
+                );
             } else if name == ext::DELAY_MS
                 && !delay_ms(value).is_some_and(|d| (0..=MAX_SCHEDULE_AHEAD_MS).contains(&d))
             {
                 errs.push(
-                    field,
+                    field(),
                     "must be a whole number of milliseconds, at most 30 days",
                 );
             }
@@ -263,5 +283,70 @@ impl Event {
     /// The extension `name` as a string, if set.
     pub fn extension(&self, name: &str) -> Option<&str> {
         self.extensions.get(name).and_then(Value::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(datacontenttype: &str) -> NewEvent {
+        let mut e = NewEvent::hub("a.b", "test", "s", 0, Value::Null);
+        e.datacontenttype = datacontenttype.to_owned();
+        e
+    }
+
+    /// The fields `check` finds bad, with the prefix.
+    fn bad_fields(e: &NewEvent) -> Vec<String> {
+        let mut errs = FieldErrors::new();
+        e.check("events[1].", &mut errs);
+        errs.finish()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.field)
+            .collect()
+    }
+
+    #[test]
+    fn content_types_of_json_and_text_in_any_case_pass() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/cloudevents+json ",
+            "application/VND.API+JSON",
+            "text/plain",
+            "TEXT/csv;charset=us-ascii",
+        ] {
+            assert!(bad_fields(&event(ct)).is_empty(), "{ct}");
+        }
+        for ct in ["", "json", "text", "application/xml", "image/png", "é"] {
+            assert_eq!(
+                bad_fields(&event(ct)),
+                ["events[1].datacontenttype"],
+                "{ct:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_attributes_are_named_with_the_prefix() {
+        let mut e = event("application/json");
+        e.id.clear();
+        e.source = "x".repeat(MAX_ATTR_LEN + 1);
+        e.extensions.insert("Bad".into(), Value::from(1));
+        e.extensions
+            .insert("nested".into(), serde_json::json!({"a": 1}));
+        let mut got = bad_fields(&e);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "events[1].Bad",
+                "events[1].id",
+                "events[1].nested",
+                "events[1].source"
+            ]
+        );
     }
 }

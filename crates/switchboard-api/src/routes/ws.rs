@@ -143,6 +143,25 @@ pub(crate) async fn upgrade(
         })
 }
 
+/// A `publish` frame, as `Request::Publish` reads it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishFrame {
+    op: PublishOp,
+    #[serde(default, rename = "ref")]
+    reference: Option<String>,
+    #[serde(default)]
+    event: Option<PublishEvent>,
+    #[serde(default)]
+    events: Option<Vec<PublishEvent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PublishOp {
+    Publish,
+}
+
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 enum Request {
@@ -511,6 +530,20 @@ impl Conn {
     /// the answer, which may still be on its way (a publish waits for its
     /// commit while the connection reads on).
     async fn handle(&mut self, frame: &str) -> Option<Pending> {
+        // Most frames of a busy publisher are publishes: read as one first,
+        // without the buffer of the tagged `Request` (serde copies a whole
+        // internally tagged object before reading it). Anything else, a
+        // bad publish included, is read as a `Request`, whose errors name
+        // the problem.
+        if let Ok(PublishFrame {
+            op: PublishOp::Publish,
+            reference,
+            event,
+            events,
+        }) = serde_json::from_str(frame)
+        {
+            return Some(self.publish(reference, event, events));
+        }
         let req: Request = match serde_json::from_str(frame) {
             Ok(r) => r,
             Err(e) => {
