@@ -15,8 +15,9 @@
 //!   [`BATCH`] events in flight (a frame is stored all or nothing; the
 //!   JetStream of Debian's nats-server 2.9 has no batch publish).
 //!
-//! Reported: acknowledged messages per second and publish-to-ack latency
-//! (per publish; per frame for batches).
+//! Reported: acknowledged messages per second, publish-to-ack latency
+//! (per publish; per frame for batches), and the server's CPU time (user
+//! and system, from /proc) per acknowledged message.
 //!
 //! Smoke mode: 0.3 s phases, 4 connections, batches of 10.
 
@@ -106,6 +107,10 @@ struct Row {
     errors: u64,
     /// Publishes still unanswered when the drain ended.
     unanswered: u64,
+    /// Acknowledged messages.
+    messages: u64,
+    /// The server's CPU time per acknowledged message, in µs.
+    cpu_us: Option<f64>,
 }
 
 impl Row {
@@ -117,7 +122,23 @@ impl Row {
             p99_ms: med(|r| r.p99_ms),
             errors: runs.iter().map(|r| r.errors).sum(),
             unanswered: runs.iter().map(|r| r.unanswered).sum(),
+            messages: runs.iter().map(|r| r.messages).sum(),
+            cpu_us: runs
+                .iter()
+                .all(|r| r.cpu_us.is_some())
+                .then(|| med(|r| r.cpu_us.unwrap_or(0.0))),
         }
+    }
+
+    /// With the server's CPU time per message, from its CPU time before
+    /// and after the phase.
+    fn with_cpu(mut self, before: Option<Duration>, after: Option<Duration>) -> Row {
+        if let (Some(b), Some(a)) = (before, after)
+            && self.messages > 0
+        {
+            self.cpu_us = Some(a.saturating_sub(b).as_secs_f64() * 1e6 / self.messages as f64);
+        }
+        self
     }
 }
 
@@ -167,6 +188,8 @@ impl Tally {
             p99_ms: self.latency.value_at_quantile(0.99) as f64 / 1000.0,
             errors: self.errors,
             unanswered: self.unanswered,
+            messages: self.messages,
+            cpu_us: None,
         }
     }
 }
@@ -203,16 +226,18 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
          {repeat} run(s). Switchboard answers once the event is committed to its SQLite log \
          (WAL, `synchronous = normal`, group commit); JetStream once the message is written to its file \
          store (nats-server 2.9 defaults). Latency is publish to acknowledgement, per publish (per frame \
-         for batches).\n\n\
-         | pattern | system | acked messages/s | p50 ms | p99 ms | errors | unanswered |\n\
-         |---|---|---:|---:|---:|---:|---:|\n",
+         for batches). Server CPU: the server process's CPU time over the phase (from /proc) per \
+         acknowledged message.\n\n\
+         | pattern | system | acked messages/s | p50 ms | p99 ms | server CPU µs per message | errors | unanswered |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
         size = payload::SIZE,
         repeat = s.repeat,
     );
     for &case in &cases {
         let Some(r) = med(case) else { continue };
+        let cpu = r.cpu_us.map_or("n/a".to_owned(), |c| format!("{c:.1}"));
         body.push_str(&format!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {cpu} | {} | {} |\n",
             case.pattern(s.smoke),
             case.system(),
             r.rate,
@@ -264,8 +289,10 @@ async fn once(case: Case, s: &Settings, phase: Duration) -> anyhow::Result<Row> 
     let conns = if s.smoke { 4 } else { CONNECTIONS };
     let batch = if s.smoke { 10 } else { BATCH };
     if case.jetstream() {
-        let (_peer, addr) = peers::jetstream().await?;
+        let (peer, addr) = peers::jetstream().await?;
         create_stream(addr).await?;
+        let cpu = || peer.pid().and_then(crate::hub::cpu_time);
+        let before = cpu();
         let n = if case == Case::JsPipelined { 1 } else { conns };
         let window = if case == Case::JsPipelined { WINDOW } else { 1 };
         let start = Instant::now();
@@ -276,10 +303,11 @@ async fn once(case: Case, s: &Settings, phase: Duration) -> anyhow::Result<Row> 
                 addr, c, window, start, deadline,
             )));
         }
-        return total(tasks, start).await;
+        return Ok(total(tasks, start).await?.with_cpu(before, cpu()));
     }
     let hub = Hub::start(&s.hub_bin, &[]).await?;
     let addr = hub.addr;
+    let before = hub.cpu_time();
     if case == Case::HubHttpConnections {
         let make: MakeRequest = Arc::new(|w, i| {
             let id = format!("h{w}-{i}");
@@ -297,7 +325,10 @@ async fn once(case: Case, s: &Settings, phase: Duration) -> anyhow::Result<Row> 
             p99_ms: o.ms(0.99),
             errors: o.errors,
             unanswered: 0,
-        });
+            messages: o.requests.saturating_sub(o.errors),
+            cpu_us: None,
+        }
+        .with_cpu(before, hub.cpu_time()));
     }
     let (n, window, per_frame) = match case {
         Case::HubWsPipelined => (1, WINDOW, 1),
@@ -312,7 +343,7 @@ async fn once(case: Case, s: &Settings, phase: Duration) -> anyhow::Result<Row> 
             addr, c, window, per_frame, start, deadline,
         )));
     }
-    total(tasks, start).await
+    Ok(total(tasks, start).await?.with_cpu(before, hub.cpu_time()))
 }
 
 async fn total(
