@@ -356,11 +356,15 @@ fn earlier_copies(
     Ok(found)
 }
 
-/// Inserts one event; its columns are numbered as [`event_params`] binds
-/// them.
-const INSERT_ONE: &str = "INSERT INTO events (id, source, type, topic, subject, time, \
-     appended_at, datacontenttype, data, extensions, size, key) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+/// The head of every insert into the log; its 12 columns are bound in
+/// this order.
+const INSERT_INTO: &str = "INSERT INTO events (id, source, type, topic, subject, time, \
+     appended_at, datacontenttype, data, extensions, size, key) ";
+
+/// Inserts one event (see [`INSERT_INTO`]). Built once.
+static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
+    format!("{INSERT_INTO}VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")
+});
 
 /// [`insert_events`] on the direct connection: one prepared insert run
 /// once per event, on this thread.
@@ -379,7 +383,7 @@ fn insert_direct(
         events.iter().map(|e| (e.source.as_str(), e.id.as_str())),
     );
     let mut stmt = tx
-        .prepare_cached(INSERT_ONE)
+        .prepare_cached(&INSERT_ONE)
         .map_err(|e| direct_error(ctx, e))?;
     events
         .iter()
@@ -458,10 +462,7 @@ fn push_insert_events<'a>(
     events: &'a [&NewEvent],
     now: UnixMillis,
 ) {
-    q.push(
-        "INSERT INTO events (id, source, type, topic, subject, time, appended_at, \
-         datacontenttype, data, extensions, size, key) ",
-    );
+    q.push(INSERT_INTO);
     q.push_values(events, |mut b, e| {
         let row = event_row(e);
         b.push_bind(&e.id)
