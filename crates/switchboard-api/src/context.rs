@@ -47,7 +47,13 @@ fn correlation_id(headers: &HeaderMap) -> Arc<str> {
         .get(&CORRELATION_ID)
         .and_then(usable)
         .or_else(|| headers.get(&REQUEST_ID).and_then(usable))
-        .map_or_else(|| uuid::Uuid::now_v7().to_string().into(), Arc::from)
+        .map_or_else(
+            || {
+                let mut buf = uuid::Uuid::encode_buffer();
+                Arc::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf))
+            },
+            Arc::from,
+        )
 }
 
 /// Runs `f` with the context of `req` (made as [`layer`] makes it) and

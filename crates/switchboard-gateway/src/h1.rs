@@ -68,8 +68,11 @@ impl Conn {
     }
 }
 
+/// An idle connection. Connections are boxed: a connection's state is
+/// large, and it moves from the idle list to a request, to its answer's
+/// body and back for every request.
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -140,7 +143,7 @@ impl ConnPool {
 
     /// The most recently used idle connection that is still fresh;
     /// connections past the idle timeout are closed on the way.
-    fn take(&self, limits: &PoolLimits) -> Option<Conn> {
+    fn take(&self, limits: &PoolLimits) -> Option<Box<Conn>> {
         let now = Instant::now();
         let mut stale = Vec::new();
         let found = {
@@ -179,7 +182,7 @@ impl ConnPool {
         drop(gone);
     }
 
-    fn give(&self, conn: Conn, limits: &PoolLimits) {
+    fn give(&self, conn: Box<Conn>, limits: &PoolLimits) {
         if !conn.open() {
             return;
         }
@@ -204,7 +207,12 @@ impl ConnPool {
         loop {
             let (mut conn, reused) = match self.take(limits) {
                 Some(c) => (c, true),
-                None => (connect(authority, limits.connect_timeout).await?, false),
+                // Boxed: the rare path's future is the largest part of
+                // this one, which every request carries.
+                None => (
+                    Box::pin(connect(authority, limits.connect_timeout)).await?,
+                    false,
+                ),
             };
             // A reused connection first finishes reading what it was
             // reading, and says it is ready.
@@ -260,7 +268,7 @@ impl ConnPool {
     }
 }
 
-async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendError> {
+async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, SendError> {
     let host = authority.host();
     let host = host
         .strip_prefix('[')
@@ -282,10 +290,10 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendE
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| SendError::Connect(format!("{authority}: {e}")))?;
-    Ok(Conn {
+    Ok(Box::new(Conn {
         send,
         conn: Some(conn),
-    })
+    }))
 }
 
 /// An answer's body, read from a connection this body polls; the
@@ -293,7 +301,7 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendE
 /// end.
 pub(crate) struct Driven {
     body: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: ConnPool,
     limits: PoolLimits,
 }

@@ -154,7 +154,8 @@ impl Upstream {
                 .await?;
             return Ok(resp.map(UpBody::Driven));
         }
-        Ok(self.pooled(inst, req).await?.map(UpBody::Pooled))
+        // Boxed: hyper's client future is large, and rare here.
+        Ok(Box::pin(self.pooled(inst, req)).await?.map(UpBody::Pooled))
     }
 
     /// Sends `req` (with an origin-form URI) to `inst` on hyper's pooled
@@ -236,6 +237,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 /// `Upgrade` is kept (with `Connection: upgrade`) when `upgrading`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages have none: a look at each name costs less than a
+    // removal (a hash and a probe) per hop-by-hop name.
+    if !upgrading
+        && !headers
+            .keys()
+            .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -277,22 +287,24 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
 const X_SPAN_ID: HeaderName = HeaderName::from_static("x-span-id");
 
-/// Random lower-case hex of `n` bytes, never all zeros (W3C trace context).
+/// Random lower-case hex of `n` bytes (1 to 16), never all zeros (W3C
+/// trace context).
 fn random_hex(n: usize) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    loop {
-        let mut out = String::with_capacity(n * 2);
-        let mut zero = true;
-        for _ in 0..n {
-            let b = fastrand::u8(..);
-            zero &= b == 0;
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+    let n = n.clamp(1, 16);
+    let bits = loop {
+        // One draw for all the bytes: the low `n` bytes are used.
+        let bits = fastrand::u128(..) & (u128::MAX >> (128 - 8 * n));
+        if bits != 0 {
+            break bits;
         }
-        if !zero {
-            return out;
-        }
+    };
+    let mut out = String::with_capacity(n * 2);
+    for b in &bits.to_be_bytes()[16 - n..] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
+    out
 }
 
 /// The trace id and flags of a valid `traceparent`.
@@ -316,26 +328,69 @@ fn parse_traceparent(v: &str) -> Option<(String, String)> {
     Some(((*trace).to_owned(), (*flags).to_owned()))
 }
 
-/// Adds the forwarding and tracing headers; returns the trace and span
-/// ids sent upstream.
-pub(crate) fn forwarding_headers(headers: &mut HeaderMap, ctx: &CallContext) -> (String, String) {
+/// Appends `ip` in its text form. IPv4, the common case on every proxied
+/// request, is written digit by digit rather than through `fmt`.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(a) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+/// `value` as a header value, without copying it; `None` when it is not
+/// a valid one.
+fn header_value(value: String) -> Option<HeaderValue> {
+    HeaderValue::try_from(value).ok()
+}
+
+/// Adds the forwarding and tracing headers (`X-Trace-Id` and `X-Span-Id`
+/// carry the trace and span ids sent upstream).
+pub(crate) fn forwarding_headers(headers: &mut HeaderMap, ctx: &CallContext) {
     let proto = if ctx.inbound_https { "https" } else { "http" };
-    let ip = ctx.client_ip.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let mut xff = String::with_capacity(64);
+    if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        xff.push_str(prior);
+        xff.push_str(", ");
+    }
+    let ip_at = xff.len();
+    push_ip(&mut xff, ctx.client_ip);
+    let mut forwarded = String::with_capacity(128);
+    if let Some(prior) = headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        forwarded.push_str(prior);
+        forwarded.push_str(", ");
+    }
+    forwarded.push_str("for=");
+    if ctx.client_ip.is_ipv6() {
+        forwarded.push_str("\"[");
+        forwarded.push_str(&xff[ip_at..]);
+        forwarded.push_str("]\"");
+    } else {
+        forwarded.push_str(&xff[ip_at..]);
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
+    if let Some(v) = header_value(xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    let node = match ctx.client_ip {
-        IpAddr::V6(a) => format!("\"[{a}]\""),
-        IpAddr::V4(a) => a.to_string(),
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
     if let Some(host) = &ctx.host {
         if !headers.contains_key(&X_FORWARDED_HOST)
             && let Ok(v) = HeaderValue::from_str(host)
@@ -346,14 +401,11 @@ pub(crate) fn forwarding_headers(headers: &mut HeaderMap, ctx: &CallContext) -> 
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')
         {
-            forwarded.push_str(&format!(";host={host}"));
+            forwarded.push_str(";host=");
+            forwarded.push_str(host);
         }
     }
-    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {forwarded}"),
-        None => forwarded,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Some(v) = header_value(forwarded) {
         headers.insert(FORWARDED, v);
     }
     if !headers.contains_key(&X_REQUEST_ID)
@@ -369,16 +421,16 @@ pub(crate) fn forwarding_headers(headers: &mut HeaderMap, ctx: &CallContext) -> 
         .and_then(parse_traceparent)
         .unwrap_or_else(|| (random_hex(16), "01".to_owned()));
     let span = random_hex(8);
+    let traceparent = ["00-", &trace, "-", &span, "-", &flags].concat();
     for (name, value) in [
-        (TRACEPARENT, format!("00-{trace}-{span}-{flags}")),
-        (X_TRACE_ID, trace.clone()),
-        (X_SPAN_ID, span.clone()),
+        (TRACEPARENT, traceparent),
+        (X_TRACE_ID, trace),
+        (X_SPAN_ID, span),
     ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Some(v) = header_value(value) {
             headers.insert(name, v);
         }
     }
-    (trace, span)
 }
 
 /// A request body: kept (so it can be sent again) or streaming.
@@ -496,9 +548,10 @@ impl Gateway {
         if !state.spec.forward_authorization {
             parts.headers.remove(header::AUTHORIZATION);
         }
-        let _trace = forwarding_headers(&mut parts.headers, ctx);
+        forwarding_headers(&mut parts.headers, ctx);
+        // The upgrade's future is boxed: it is large, and rare.
         let result = if upgrading {
-            self.upgrade(&state, parts, body, ctx).await
+            Box::pin(self.upgrade(&state, parts, body, ctx)).await
         } else {
             self.forward(&state, parts, body, ctx).await
         };
@@ -733,7 +786,7 @@ impl Gateway {
                         drop(resp);
                         drop(in_flight);
                         self.0.metrics.gateway_retry(&spec.name);
-                        backoff(spec, attempt, deadline).await;
+                        Box::pin(backoff(spec, attempt, deadline)).await;
                         continue;
                     }
                     return Ok(self.respond(resp, in_flight, deadline, spec.timeouts.total, &inst));
@@ -776,7 +829,7 @@ impl Gateway {
                         && state.budget.try_retry(&spec.retry, now)
                     {
                         self.0.metrics.gateway_retry(&spec.name);
-                        backoff(spec, attempt, deadline).await;
+                        Box::pin(backoff(spec, attempt, deadline)).await;
                         continue;
                     }
                     return Err(err);
@@ -993,6 +1046,15 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-keep"]);
+        // Each one alone goes too; a message with none keeps all it has.
+        for hop in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            h.insert(hop, HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h, false);
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            assert_eq!(left, ["accept"], "{hop}");
+        }
     }
 
     #[test]
@@ -1018,10 +1080,36 @@ mod tests {
     }
 
     #[test]
+    fn random_ids_are_hex_of_their_width() {
+        for n in [1, 8, 16] {
+            let ids: Vec<String> = (0..64).map(|_| random_hex(n)).collect();
+            for id in &ids {
+                assert_eq!(id.len(), 2 * n, "{id}");
+                assert!(
+                    id.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                );
+                assert!(id.bytes().any(|b| b != b'0'), "{id}");
+            }
+            if n > 1 {
+                let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+                assert!(distinct.len() > 60, "{n}: {distinct:?}");
+            }
+        }
+        // Every nibble position takes more than one value.
+        let ids: Vec<String> = (0..256).map(|_| random_hex(16)).collect();
+        for i in 0..32 {
+            let seen: std::collections::HashSet<u8> = ids.iter().map(|s| s.as_bytes()[i]).collect();
+            assert!(seen.len() > 4, "position {i}: {seen:?}");
+        }
+    }
+
+    #[test]
     fn forwarding_and_trace_headers() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
-        let (trace, span) = forwarding_headers(&mut h, &ctx());
+        forwarding_headers(&mut h, &ctx());
+        let (trace, span) = (&h[&X_TRACE_ID], &h[&X_SPAN_ID]);
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1, 10.1.2.3");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "hub.example:7878");
@@ -1032,6 +1120,7 @@ mod tests {
         assert_eq!(h[&X_REQUEST_ID], "req-1");
         assert_eq!(trace.len(), 32);
         assert_eq!(span.len(), 16);
+        let (trace, span) = (trace.to_str().expect("hex"), span.to_str().expect("hex"));
         assert_eq!(h[&TRACEPARENT], format!("00-{trace}-{span}-01").as_str());
 
         // A caller's trace is continued with a new span.
@@ -1039,10 +1128,42 @@ mod tests {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert(TRACEPARENT, HeaderValue::from_static(parent));
         h.insert(X_REQUEST_ID, HeaderValue::from_static("theirs"));
-        let (trace, span) = forwarding_headers(&mut h, &ctx());
-        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(span, "00f067aa0ba902b7");
+        forwarding_headers(&mut h, &ctx());
+        assert_eq!(h[&X_TRACE_ID], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(h[&X_SPAN_ID], "00f067aa0ba902b7");
+        assert_eq!(
+            h[&TRACEPARENT],
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                h[&X_SPAN_ID].to_str().expect("hex")
+            )
+            .as_str()
+        );
         assert_eq!(h[&X_REQUEST_ID], "theirs");
+        // Addresses of every width, and IPv6 quoted in `Forwarded`.
+        for (ip, text) in [
+            ("0.0.0.0", "0.0.0.0"),
+            ("9.10.99.100", "9.10.99.100"),
+            ("255.200.101.7", "255.200.101.7"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(FORWARDED, HeaderValue::from_static("for=192.0.2.9"));
+            let mut c = ctx();
+            c.client_ip = ip.parse().expect("ip");
+            c.host = None;
+            forwarding_headers(&mut h, &c);
+            assert_eq!(h[&X_FORWARDED_FOR], text);
+            let node = if ip.contains(':') {
+                format!("\"[{text}]\"")
+            } else {
+                text.to_owned()
+            };
+            assert_eq!(
+                h[&FORWARDED],
+                format!("for=192.0.2.9, for={node};proto=http").as_str()
+            );
+        }
         // Malformed ones start a new trace.
         for bad in [
             "junk",
