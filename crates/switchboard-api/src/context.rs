@@ -90,3 +90,24 @@ pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids_are_kept_or_made() {
+        let mut h = HeaderMap::new();
+        let made = correlation_id(&h);
+        let uuid = uuid::Uuid::parse_str(&made).expect("a UUID");
+        assert_eq!(uuid.get_version_num(), 7);
+        assert_eq!(&*made, uuid.hyphenated().to_string());
+        assert_ne!(correlation_id(&h), made);
+        h.insert(REQUEST_ID, HeaderValue::from_static("req-1"));
+        assert_eq!(&*correlation_id(&h), "req-1");
+        h.insert(CORRELATION_ID, HeaderValue::from_static("corr-1"));
+        assert_eq!(&*correlation_id(&h), "corr-1");
+        h.insert(CORRELATION_ID, HeaderValue::from_static("has space"));
+        assert_eq!(&*correlation_id(&h), "req-1");
+    }
+}

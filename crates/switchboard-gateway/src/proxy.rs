@@ -223,7 +223,7 @@ pub struct CallContext {
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1), never
 /// forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -291,6 +291,7 @@ const X_SPAN_ID: HeaderName = HeaderName::from_static("x-span-id");
 /// trace context).
 fn random_hex(n: usize) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    debug_assert!((1..=16).contains(&n), "{n} bytes");
     let n = n.clamp(1, 16);
     let bits = loop {
         // One draw for all the bytes: the low `n` bytes are used.
@@ -1055,6 +1056,13 @@ mod tests {
             let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
             assert_eq!(left, ["accept"], "{hop}");
         }
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        h.append("x-keep", HeaderValue::from_static("too"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]
