@@ -40,13 +40,7 @@ pub(crate) fn sha256_hex(secret: &str) -> String {
 
 /// Lower-case hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
+    base16ct::lower::encode_string(bytes)
 }
 
 /// Whether `secret` hashes to `hash_hex`, compared in constant time.

@@ -290,7 +290,6 @@ const X_SPAN_ID: HeaderName = HeaderName::from_static("x-span-id");
 /// Random lower-case hex of `n` bytes (1 to 16), never all zeros (W3C
 /// trace context).
 fn random_hex(n: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     debug_assert!((1..=16).contains(&n), "{n} bytes");
     let n = n.clamp(1, 16);
     let bits = loop {
@@ -300,12 +299,7 @@ fn random_hex(n: usize) -> String {
             break bits;
         }
     };
-    let mut out = String::with_capacity(n * 2);
-    for b in &bits.to_be_bytes()[16 - n..] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
+    base16ct::lower::encode_string(&bits.to_be_bytes()[16 - n..])
 }
 
 /// The trace id and flags of a valid `traceparent`.

@@ -174,7 +174,7 @@ pub fn unb64_array<const N: usize>(field: &'static str, s: &str) -> Result<[u8; 
 
 /// A fresh message id: 128 random bits, hex.
 pub fn new_message_id() -> Result<String, SealError> {
-    Ok(random::<16>()?.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(base16ct::lower::encode_string(&random::<16>()?))
 }
 
 fn random<const N: usize>() -> Result<[u8; N], SealError> {

@@ -35,7 +35,7 @@ impl MasterKey {
         h.update(b"switchboard vault master key id v1");
         h.update(*key);
         let digest = h.finalize();
-        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let id = base16ct::lower::encode_string(&digest[..8]);
         Self { id, key }
     }
 
