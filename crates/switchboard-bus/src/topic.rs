@@ -16,9 +16,9 @@ fn check_token(t: &str) -> Result<(), String> {
     if t.is_empty() {
         return Err("must not have empty tokens (two dots in a row, or a dot at an end)".into());
     }
-    if let Some(c) = t
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':')))
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':');
+    if !t.bytes().all(allowed)
+        && let Some(c) = t.chars().find(|&c| !(c.is_ascii() && allowed(c as u8)))
     {
         return Err(format!(
             "tokens may hold only letters, digits, '_', '-' and ':' (found {c:?})"
@@ -41,9 +41,21 @@ fn split(s: &str) -> Result<Vec<&str>, String> {
     Ok(tokens)
 }
 
-/// Checks a topic to publish on: no wildcards.
+/// Checks a topic to publish on: no wildcards. (What [`split`] checks,
+/// without collecting the tokens: every publish is checked.)
 pub fn check_topic(topic: &str) -> Result<(), String> {
-    for t in split(topic)? {
+    if topic.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if topic.len() > MAX_LEN {
+        return Err(format!("must be at most {MAX_LEN} characters"));
+    }
+    let mut tokens = 0;
+    for t in topic.split('.') {
+        tokens += 1;
+        if tokens > MAX_TOKENS {
+            return Err(format!("must have at most {MAX_TOKENS} tokens"));
+        }
         if t == "*" || t == ">" {
             return Err("a topic to publish on cannot hold wildcards".into());
         }
@@ -410,5 +422,25 @@ mod tests {
             assert!(check_topic(bad).is_err(), "{bad:?}");
         }
         assert!(check_topic("task.code-gen_1.completed").is_ok());
+    }
+
+    #[test]
+    fn a_topic_is_refused_for_the_same_reasons_as_a_pattern() {
+        let long = "a".repeat(MAX_LEN + 1);
+        let many = vec!["a"; MAX_TOKENS + 1].join(".");
+        let most = vec!["a"; MAX_TOKENS].join(".");
+        for bad in [
+            "", "a..b", ".a", "a.", "a b", "a/b", "tâche.x", &long, &many,
+        ] {
+            let topic = check_topic(bad).expect_err(bad);
+            let pattern = Pattern::parse(bad).expect_err(bad);
+            assert_eq!(topic, pattern, "{bad:?}");
+        }
+        assert_eq!(
+            check_topic("tâche.x").expect_err("non-ASCII"),
+            "tokens may hold only letters, digits, '_', '-' and ':' (found 'â')"
+        );
+        assert!(check_topic(&most).is_ok());
+        assert!(check_topic(&"a".repeat(MAX_LEN)).is_ok());
     }
 }
