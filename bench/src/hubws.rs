@@ -66,12 +66,18 @@ pub(crate) fn event(id: &str, source: &str, topic: &str, data: &str) -> String {
 }
 
 /// A `publish` frame with reference `reference` carrying `events` (one:
-/// `"event"`; more: `"events"`, stored all or nothing).
-pub(crate) fn publish(reference: u64, events: &[String]) -> Message {
+/// `"event"`; more: `"events"`, stored all or nothing); `transient`:
+/// delivered live and not logged.
+pub(crate) fn publish(reference: u64, events: &[String], transient: bool) -> Message {
+    let flag = if transient {
+        r#","transient":true"#
+    } else {
+        ""
+    };
     let text = match events {
-        [one] => format!(r#"{{"op":"publish","ref":"{reference}","event":{one}}}"#),
+        [one] => format!(r#"{{"op":"publish","ref":"{reference}"{flag},"event":{one}}}"#),
         many => format!(
-            r#"{{"op":"publish","ref":"{reference}","events":[{}]}}"#,
+            r#"{{"op":"publish","ref":"{reference}"{flag},"events":[{}]}}"#,
             many.join(",")
         ),
     };

@@ -387,7 +387,7 @@ async fn hub_conn(
                         hubws::event(&id, SOURCE, TOPIC, &payload::make(sent, seq))
                     })
                     .collect();
-                sink.feed(hubws::publish(next, &events)).await?;
+                sink.feed(hubws::publish(next, &events, false)).await?;
                 inflight.insert(next, (Instant::now(), per_frame as u64));
                 next += 1;
             }

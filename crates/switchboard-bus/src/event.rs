@@ -77,7 +77,9 @@ pub struct NewEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Its place in the log: one sequence across all topics, increasing
-    /// with every append, never reused.
+    /// with every append, never reused; logged offsets start at 1. A
+    /// transient event ([`crate::Bus::publish_transient`]) is never logged
+    /// and has offset 0.
     pub offset: u64,
     /// See [`NewEvent::id`].
     pub id: String,
@@ -279,6 +281,28 @@ fn deliver_at(v: &Value) -> Option<UnixMillis> {
 }
 
 impl Event {
+    /// `e` at `offset`; its time is `now` when it had none.
+    pub fn new(e: NewEvent, offset: u64, now: UnixMillis) -> Self {
+        Self {
+            offset,
+            id: e.id,
+            source: e.source,
+            event_type: e.event_type,
+            topic: e.topic,
+            subject: e.subject,
+            time: e.time.unwrap_or(now),
+            datacontenttype: e.datacontenttype,
+            data: e.data,
+            extensions: e.extensions,
+            rendered: Rendered::default(),
+        }
+    }
+
+    /// Whether the event is in the log: false for a transient event.
+    pub fn is_logged(&self) -> bool {
+        self.offset != 0
+    }
+
     /// The extension `name` as a string, if set.
     pub fn extension(&self, name: &str) -> Option<&str> {
         self.extensions.get(name).and_then(Value::as_str)

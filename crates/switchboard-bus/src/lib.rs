@@ -229,25 +229,8 @@ impl Bus {
     /// publisher that submits one batch after another sees them logged in
     /// that order); the future it gives resolves once they are durable.
     pub async fn submit(&self, mut events: Vec<NewEvent>) -> Result<Publishing, BusError> {
-        let mut errs = FieldErrors::new();
-        if events.is_empty() {
-            errs.push("events", "must hold at least one event");
-        }
-        if events.len() > MAX_PUBLISH_BATCH {
-            errs.push(
-                "events",
-                format!("must hold at most {MAX_PUBLISH_BATCH} events"),
-            );
-        }
+        let mut errs = self.check(&events);
         let batch = events.len() > 1;
-        for (i, e) in events.iter().enumerate() {
-            let prefix = if batch {
-                format!("events[{i}].")
-            } else {
-                String::new()
-            };
-            e.check(&prefix, &mut errs);
-        }
         let now = self.shared.clock.now_ms();
         let mut due = Vec::with_capacity(events.len());
         for (i, e) in events.iter_mut().enumerate() {
@@ -299,6 +282,86 @@ impl Bus {
                 })
                 .collect())
         }))
+    }
+
+    /// Checks events and hands them at once to the live subscriptions that
+    /// match, without logging them: NATS core's semantics, for events whose
+    /// loss costs less than their storage (telemetry, progress, presence).
+    /// A transient event has no offset (it is 0) and is never replayed,
+    /// deduplicated or delivered to a consumer group; a subscription that
+    /// is behind, or catching up from the log, misses it (at most once).
+    /// One publisher's transient events reach a subscription in the order
+    /// published, but not in order with its logged events. Each event comes
+    /// back with the number of subscriptions it was handed to.
+    pub fn publish_transient(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<(Arc<Event>, u32)>, BusError> {
+        let events = self.check_transient(events)?;
+        let counts = self.deliver_transient(&events);
+        Ok(events.into_iter().zip(counts).collect())
+    }
+
+    /// [`Bus::publish_transient`] in two steps, so that a publisher can
+    /// hand over the events of several publishes at once: checks events
+    /// (a delay or a delivery time is refused: a transient event is
+    /// delivered at once) and gives them their transient form.
+    pub fn check_transient(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, BusError> {
+        let mut errs = self.check(&events);
+        let batch = events.len() > 1;
+        for (i, e) in events.iter().enumerate() {
+            for name in [event::ext::DELIVER_AT, event::ext::DELAY_MS] {
+                if e.extensions.contains_key(name) {
+                    let prefix = if batch {
+                        format!("events[{i}].")
+                    } else {
+                        String::new()
+                    };
+                    errs.push(
+                        format!("{prefix}{name}"),
+                        "a transient event is delivered at once; publish it durably to delay it",
+                    );
+                }
+            }
+        }
+        errs.finish().map_err(BusError::Invalid)?;
+        let now = self.shared.clock.now_ms();
+        Ok(events
+            .into_iter()
+            .map(|e| Arc::new(Event::new(e, 0, now)))
+            .collect())
+    }
+
+    /// Hands checked transient events (see [`Bus::check_transient`]) to
+    /// the live subscriptions that match, in order; how many each reached.
+    pub fn deliver_transient(&self, events: &[Arc<Event>]) -> Vec<u32> {
+        let mut keys = Vec::new();
+        self.fan_out(events.iter(), &mut keys)
+    }
+
+    /// The errors of a batch of events to publish, each named (with its
+    /// place in the batch when there are several).
+    fn check(&self, events: &[NewEvent]) -> FieldErrors {
+        let mut errs = FieldErrors::new();
+        if events.is_empty() {
+            errs.push("events", "must hold at least one event");
+        }
+        if events.len() > MAX_PUBLISH_BATCH {
+            errs.push(
+                "events",
+                format!("must hold at most {MAX_PUBLISH_BATCH} events"),
+            );
+        }
+        let batch = events.len() > 1;
+        for (i, e) in events.iter().enumerate() {
+            let prefix = if batch {
+                format!("events[{i}].")
+            } else {
+                String::new()
+            };
+            e.check(&prefix, &mut errs);
+        }
+        errs
     }
 
     /// The worker that applies `BusConfig::retention`; run it once per hub.
@@ -384,33 +447,49 @@ impl Bus {
         }
     }
 
-    /// Pushes one event to every matching live subscription.
-    fn fan_out(&self, event: &Arc<Event>, keys: &mut Vec<u64>) {
+    /// Pushes each event to every matching live subscription, under one
+    /// lock; how many subscriptions each was pushed to.
+    fn fan_out<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Arc<Event>>,
+        keys: &mut Vec<u64>,
+    ) -> Vec<u32> {
         let subs = self.subs();
-        keys.clear();
-        subs.index.matches(&event.topic, keys);
-        keys.sort_unstable();
-        keys.dedup();
         let mut closed = Vec::new();
-        for id in keys.iter() {
-            let Some(live) = subs.entries.get(id) else {
-                continue;
-            };
-            if live.lagging.load(Ordering::Acquire) || !live.filter.matches(event.data.as_ref()) {
-                continue;
-            }
-            match live.tx.try_send(event.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    live.lagging.store(true, Ordering::Release);
+        let counts = events
+            .map(|event| {
+                keys.clear();
+                subs.index.matches(&event.topic, keys);
+                keys.sort_unstable();
+                keys.dedup();
+                let mut delivered = 0;
+                for id in keys.iter() {
+                    let Some(live) = subs.entries.get(id) else {
+                        continue;
+                    };
+                    if live.lagging.load(Ordering::Acquire)
+                        || !live.filter.matches(event.data.as_ref())
+                    {
+                        continue;
+                    }
+                    match live.tx.try_send(event.clone()) {
+                        Ok(()) => delivered += 1,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            live.lagging.store(true, Ordering::Release);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*id),
+                    }
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*id),
-            }
-        }
+                delivered
+            })
+            .collect();
         drop(subs);
+        closed.sort_unstable();
+        closed.dedup();
         for id in closed {
             self.unregister(id);
         }
+        counts
     }
 
     /// Drops every live subscription's sender: their streams end.
@@ -513,19 +592,20 @@ impl Dispatcher {
                 if let Some(events) = bus.log().recent(cursor, MAX_READ as usize)
                     && !events.is_empty()
                 {
-                    for e in events {
-                        cursor = e.offset;
-                        bus.fan_out(&e, &mut keys);
+                    if let Some(last) = events.last() {
+                        cursor = last.offset;
                     }
+                    bus.fan_out(events.iter(), &mut keys);
                     continue;
                 }
                 match bus.log().read(ReadFrom::After(cursor), MAX_READ).await {
                     Ok(events) if events.is_empty() => break,
                     Ok(events) => {
-                        for e in events {
-                            cursor = e.offset;
-                            bus.fan_out(&Arc::new(e), &mut keys);
+                        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+                        if let Some(last) = events.last() {
+                            cursor = last.offset;
                         }
+                        bus.fan_out(events.iter(), &mut keys);
                     }
                     Err(error) => {
                         tracing::warn!(%error, cursor, "reading the log to dispatch failed; retrying");

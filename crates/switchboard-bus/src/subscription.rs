@@ -34,8 +34,9 @@ pub struct SubscriptionSpec {
     pub start: Start,
 }
 
-/// A stream of the events matching a spec, in offset order, each once.
-/// Dropping it ends the subscription.
+/// A stream of the events matching a spec: logged events in offset order,
+/// each once; transient events as they come, while the subscription is
+/// live. Dropping it ends the subscription.
 pub struct Subscription {
     bus: Bus,
     id: u64,
@@ -106,6 +107,10 @@ impl Subscription {
             let Some(e) = self.rx.recv().await else {
                 return Err(BusError::Closed);
             };
+            // Transient: not in the log, delivered as it came.
+            if !e.is_logged() {
+                return Ok(e);
+            }
             if e.offset <= self.cursor {
                 continue;
             }

@@ -35,6 +35,10 @@ pub(crate) struct PublishArgs {
     /// A JSON file with one CloudEvent or an array of them.
     #[arg(long, short = 'f', conflicts_with_all = ["topic", "data", "event_type"])]
     file: Option<PathBuf>,
+    /// Do not log the events: hand them to live subscribers only (no
+    /// offset, no replay, at most once).
+    #[arg(long)]
+    transient: bool,
 }
 
 #[derive(Args)]
@@ -133,20 +137,30 @@ pub(crate) async fn publish(client: Client, json: bool, args: PublishArgs) -> an
             }]
         }
     };
-    let ack = client.publish(&events).await?;
+    let ack = if args.transient {
+        client.publish_transient(&events).await?
+    } else {
+        client.publish(&events).await?
+    };
     if json {
         return output::json(&ack);
     }
     for p in &ack.events {
-        match (p.offset, p.scheduled_for) {
-            (Some(o), _) => println!("published {} on {} at offset {o}", p.id, p.topic),
-            (None, Some(t)) => println!(
+        match (p.offset, p.scheduled_for, p.delivered_to) {
+            (Some(o), _, _) => println!("published {} on {} at offset {o}", p.id, p.topic),
+            (None, Some(t), _) => println!(
                 "scheduled {} on {} for {}",
                 p.id,
                 p.topic,
                 t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             ),
-            (None, None) => println!("published {} on {}", p.id, p.topic),
+            (None, None, Some(n)) => println!(
+                "delivered {} on {} to {n} live subscription{} (transient, not logged)",
+                p.id,
+                p.topic,
+                if n == 1 { "" } else { "s" }
+            ),
+            (None, None, None) => println!("published {} on {}", p.id, p.topic),
         }
     }
     Ok(())
@@ -157,9 +171,11 @@ fn print_event(e: &CloudEvent, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(e)?);
     } else {
         let data = e.data.as_ref().map(Value::to_string).unwrap_or_default();
+        // A transient event has no offset.
+        let offset = e.offset.map_or_else(|| "-".to_owned(), |o| o.to_string());
         println!(
             "{:>8}  {}  {}  {}  {}",
-            e.offset,
+            offset,
             e.time.format("%H:%M:%S%.3f"),
             e.topic,
             e.event_type,
@@ -223,7 +239,9 @@ pub(crate) async fn subscribe(
                 }
                 None => print_event(&e, json)?,
             }
-            last = Some(e.offset);
+            if let Some(o) = e.offset {
+                last = Some(o);
+            }
             seen += 1;
             if args.count.is_some_and(|c| seen >= c) {
                 return Ok(());

@@ -218,15 +218,15 @@ pub(crate) async fn handle(
     let opened = match ch.open(e).await {
         Ok(o) => o,
         Err(err) => {
+            let at = e.offset.map_or_else(|| "-".to_owned(), |o| o.to_string());
             eprintln!(
-                "switchboard: refused message at offset {} ({}): {err}",
-                e.offset,
+                "switchboard: refused message at offset {at} ({}): {err}",
                 err.code()
             );
             return Ok(());
         }
     };
-    print_opened(&opened, Some(e.offset), json)?;
+    print_opened(&opened, e.offset, json)?;
     if let (Some(cmd), Some(_)) = (reply_with, &opened.reply_to) {
         let answer = run_reply(cmd, &opened.plaintext).await?;
         ch.reply(&opened, &answer).await?;

@@ -617,11 +617,30 @@ fn parse_frame(frame: &[u8]) -> Result<Option<CloudEvent>, ClientError> {
 impl Client {
     /// Publishes events (one or a batch); resolves once they are durable.
     pub async fn publish(&self, events: &[PublishEvent]) -> Result<PublishAck, ClientError> {
+        self.publish_with(events, &[]).await
+    }
+
+    /// Publishes transient events: handed at once to the live
+    /// subscriptions that match, never logged (no offset, no replay, at
+    /// most once). Each answer says how many subscriptions it reached.
+    pub async fn publish_transient(
+        &self,
+        events: &[PublishEvent],
+    ) -> Result<PublishAck, ClientError> {
+        self.publish_with(events, &[("transient", "true".to_owned())])
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        events: &[PublishEvent],
+        query: &[(&str, String)],
+    ) -> Result<PublishAck, ClientError> {
         let (_, ack) = if let [one] = events {
-            self.send(Method::POST, "api/v1/events", &[], Some(one))
+            self.send(Method::POST, "api/v1/events", query, Some(one))
                 .await?
         } else {
-            self.send(Method::POST, "api/v1/events", &[], Some(&events))
+            self.send(Method::POST, "api/v1/events", query, Some(&events))
                 .await?
         };
         Ok(ack)

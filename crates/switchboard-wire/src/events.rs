@@ -158,7 +158,9 @@ pub struct CloudEvent {
     /// The topic it was published on.
     pub topic: String,
     /// Its place in the log (one sequence across topics); resume after it.
-    pub offset: u64,
+    /// Absent for a transient event, which is not in the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
     /// What it is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
@@ -197,6 +199,10 @@ pub struct Published {
     /// When a delayed or scheduled event will be appended to the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// A transient event (not logged): how many live subscriptions it was
+    /// handed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_to: Option<u32>,
 }
 
 /// `GET /api/v1/events`.

@@ -26,14 +26,21 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Publish events: one CloudEvent (a JSON object), a batch (a JSON array,
 /// or `application/cloudevents-batch+json`), or one event in HTTP binary
 /// mode (`ce-*` headers, the body is the data). Answers once every event is
-/// durable, with each one's offset.
+/// durable, with each one's offset. With `transient=true` the events are
+/// not logged: they are handed at once to the live subscriptions that
+/// match (no offset, no replay, no consumer group, at most once), and the
+/// answer says how many each reached.
 #[utoipa::path(
     post,
     path = "/api/v1/events",
     security(("bearer" = ["events:publish"])),
     tag = "events",
+    params(
+        ("transient" = Option<bool>, Query, description = "true: deliver to live subscriptions only, without logging (default false)"),
+    ),
     request_body(content = PublishEvent, description = "A CloudEvent, or an array of them"),
     responses(
+        (status = 200, description = "Transient: handed to live subscriptions", body = PublishAck),
         (status = 201, description = "Durable, with offsets", body = PublishAck),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
@@ -46,8 +53,10 @@ pub(crate) async fn publish(
     State(auth): State<switchboard_auth::Auth>,
     caller: Caller,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<PublishAck>), ApiError> {
+    let transient = parse_transient(query.as_deref().unwrap_or(""))?;
     let events = if headers.contains_key("ce-specversion") {
         vec![convert::binary_event(&headers, &body)?]
     } else if crate::extract::is_json(headers.get(header::CONTENT_TYPE)) {
@@ -70,6 +79,15 @@ pub(crate) async fn publish(
     for e in &mut events {
         caller.stamp_publish(&auth, e)?;
     }
+    if transient {
+        let delivered = bus.publish_transient(events)?;
+        return Ok((
+            StatusCode::OK,
+            Json(PublishAck {
+                events: delivered.into_iter().map(convert::delivered).collect(),
+            }),
+        ));
+    }
     let stored = bus.publish(events).await?;
     Ok((
         StatusCode::CREATED,
@@ -77,6 +95,32 @@ pub(crate) async fn publish(
             events: stored.into_iter().map(convert::published).collect(),
         }),
     ))
+}
+
+/// The publish's query: `transient` (`true` or `false`) and nothing else.
+fn parse_transient(raw: &str) -> Result<bool, ApiError> {
+    let mut transient = false;
+    let mut errs = Vec::new();
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        match key.as_ref() {
+            "transient" => match value.as_ref() {
+                "true" => transient = true,
+                "false" => transient = false,
+                _ => errs.push(FieldError::new("transient", "must be true or false")),
+            },
+            // A credential, read by the access layer.
+            "access_token" => {}
+            other => errs.push(FieldError::new(
+                other,
+                "is not a known parameter; use transient",
+            )),
+        }
+    }
+    if errs.is_empty() {
+        Ok(transient)
+    } else {
+        Err(ApiError::invalid_query(errs))
+    }
 }
 
 /// What a read or a stream asks for.
@@ -248,9 +292,16 @@ pub(crate) async fn stream(
     let events = futures_util::stream::unfold(sub, |mut sub| async move {
         match sub.next().await {
             Ok(e) => {
-                let id = e.offset.to_string();
                 let body = convert::cloud_event_json(&e);
-                Some((Ok(SseEvent::default().id(id).data(&*body)), sub))
+                let event = SseEvent::default().data(&*body);
+                // A transient event has no offset: without an id, the
+                // client's Last-Event-ID stays the last logged event's.
+                let event = if e.is_logged() {
+                    event.id(e.offset.to_string())
+                } else {
+                    event
+                };
+                Some((Ok(event), sub))
             }
             Err(error) => {
                 tracing::debug!(%error, "event stream ended");

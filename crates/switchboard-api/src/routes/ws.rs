@@ -10,7 +10,10 @@
 //! - `unsubscribe`: `{"op": "unsubscribe", "id": "s1"}` → `unsubscribed`.
 //! - `publish`: `{"op": "publish", "ref": "r1", "event": {…}}` or
 //!   `"events": [...]` → `{"op": "published", "ref": "r1", "events":
-//!   [{"id", "topic", "offset"}]}` once durable.
+//!   [{"id", "topic", "offset"}]}` once durable. With `"transient": true`
+//!   the events are not logged: they are handed at once to the live
+//!   subscriptions that match (no offset, no replay, no consumer group, at
+//!   most once) and answered `[{"id", "topic", "delivered_to"}]`.
 //! - `consume`: `{"op": "consume", "id": "c1", "group": "billing",
 //!   "max_in_flight": 16, "priority": 0}` attaches this connection to a
 //!   consumer group (`PUT /api/v1/groups/{name}`) → `{"op": "consuming",
@@ -46,6 +49,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::State;
@@ -86,7 +90,35 @@ type Pending = Pin<Box<dyn Future<Output = Message> + Send>>;
 
 /// An answer already known (or none).
 fn now(msg: Option<Message>) -> Option<Pending> {
-    msg.map(|m| Box::pin(std::future::ready(m)) as Pending)
+    msg.map(now_answer)
+}
+
+/// An answer already known.
+fn now_answer(msg: Message) -> Pending {
+    Box::pin(std::future::ready(msg))
+}
+
+/// The answer to a transient publish: each event with the number of
+/// subscriptions it was handed to.
+fn published_transient(
+    reference: Option<&str>,
+    delivered: impl Iterator<Item = (Arc<switchboard_bus::Event>, u32)>,
+) -> Message {
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        op: &'static str,
+        #[serde(rename = "ref")]
+        reference: Option<&'a str>,
+        events: Vec<switchboard_wire::Published>,
+    }
+    let answer = Answer {
+        op: "published",
+        reference,
+        events: delivered.map(convert::delivered).collect(),
+    };
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(&answer).unwrap_or_else(|_| "{}".to_owned()),
+    ))
 }
 
 /// Subscriptions one connection may hold.
@@ -154,6 +186,8 @@ struct PublishFrame {
     event: Option<PublishEvent>,
     #[serde(default)]
     events: Option<Vec<PublishEvent>>,
+    #[serde(default)]
+    transient: bool,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +220,8 @@ enum Request {
         event: Option<PublishEvent>,
         #[serde(default)]
         events: Option<Vec<PublishEvent>>,
+        #[serde(default)]
+        transient: bool,
     },
     Consume {
         id: String,
@@ -236,6 +272,18 @@ struct Conn {
     guard: Guard,
     /// Groups this connection's caller was found allowed to use.
     allowed_groups: HashSet<String>,
+    /// Transient publishes read and not yet handed over: the events of
+    /// every frame read in one go are handed to subscriptions together,
+    /// so a subscriber is woken once for them, not once per event.
+    transient: Transient,
+}
+
+/// Transient publishes waiting to be handed over, in frame order.
+#[derive(Default)]
+struct Transient {
+    events: Vec<Arc<switchboard_bus::Event>>,
+    /// Per frame: its reference and how many of `events` it holds.
+    frames: Vec<(Option<String>, usize)>,
 }
 
 /// Frames one subscription or consumer has for the client.
@@ -360,7 +408,11 @@ where
 }
 
 fn text(v: &Value) -> Message {
-    Message::Text(Utf8Bytes::from(v.to_string()))
+    // Straight to bytes: `Value`'s `Display` goes through `fmt`, a
+    // character at a time.
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned()),
+    ))
 }
 
 fn field_errors(errors: &[switchboard_core::FieldError]) -> Value {
@@ -445,18 +497,13 @@ async fn connection(
         caller,
         guard,
         allowed_groups: HashSet::new(),
+        transient: Transient::default(),
     };
     let beat = cfg.ws_heartbeat_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + beat, beat);
     let mut last_heard = Instant::now();
     let mut replies: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let close = |code, reason: &'static str| {
-        Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        }))
-    };
-    loop {
+    'conn: loop {
         tokio::select! {
             // Answers go out in the order the frames came in.
             Some(reply) = replies.next(), if !replies.is_empty() => {
@@ -471,24 +518,31 @@ async fn connection(
                 last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(reply) = conn.handle(t.as_str()).await {
-                            replies.push_back(reply);
-                            conn.feeds.answer_queued();
+                        conn.handle(t.as_str(), &mut replies).await;
+                        // Frames already read are handled now, so that the
+                        // transient events among them go out together.
+                        while replies.len() + conn.transient.frames.len() < PIPELINE {
+                            match stream.next().now_or_never() {
+                                Some(Some(Ok(Message::Text(t)))) => {
+                                    conn.handle(t.as_str(), &mut replies).await;
+                                }
+                                Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                                Some(other) => {
+                                    conn.flush_transient(&mut replies);
+                                    if !end_of_burst(other, &mut sink).await {
+                                        break 'conn;
+                                    }
+                                    break;
+                                }
+                                None => break,
+                            }
                         }
+                        conn.flush_transient(&mut replies);
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        let reply = error_frame(None, "UNSUPPORTED_FRAME", "send JSON in text frames", Value::Null);
-                        if sink.send(reply).await.is_err() {
+                    other => {
+                        if !end_of_burst(other, &mut sink).await {
                             break;
                         }
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(error)) => {
-                        // Oversized frames and protocol violations end here.
-                        tracing::debug!(%error, "websocket read failed");
-                        let _ = sink.send(close(close_code::SIZE, "frame too large or malformed")).await;
-                        break;
                     }
                 }
             }
@@ -525,11 +579,127 @@ async fn connection(
     }
 }
 
+/// A close frame.
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// Deals with a read that is not a text frame; false when the connection
+/// ends.
+async fn end_of_burst(read: Option<Result<Message, axum::Error>>, sink: &mut Sink) -> bool {
+    match read {
+        Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => true,
+        Some(Ok(Message::Binary(_))) => {
+            let reply = error_frame(
+                None,
+                "UNSUPPORTED_FRAME",
+                "send JSON in text frames",
+                Value::Null,
+            );
+            sink.send(reply).await.is_ok()
+        }
+        Some(Ok(Message::Close(_))) | None => false,
+        Some(Err(error)) => {
+            // Oversized frames and protocol violations end here.
+            tracing::debug!(%error, "websocket read failed");
+            let _ = sink
+                .send(close(close_code::SIZE, "frame too large or malformed"))
+                .await;
+            false
+        }
+    }
+}
+
 impl Conn {
-    /// Answers one frame: `None` when there is nothing to say, otherwise
-    /// the answer, which may still be on its way (a publish waits for its
-    /// commit while the connection reads on).
-    async fn handle(&mut self, frame: &str) -> Option<Pending> {
+    /// Handles one frame and queues its answer, if any, in `replies`. A
+    /// transient publish is held in `self.transient` until
+    /// [`Conn::flush_transient`]; every other frame first flushes those
+    /// held, so answers and effects keep the frames' order.
+    async fn handle(&mut self, frame: &str, replies: &mut FuturesOrdered<Pending>) {
+        // A transient publish: checked now, handed over with the others
+        // read in the same go.
+        if let Ok(PublishFrame {
+            op: PublishOp::Publish,
+            reference,
+            event,
+            events,
+            transient: true,
+        }) = serde_json::from_str(frame)
+        {
+            let r = reference.as_deref();
+            let checked = self
+                .prepare_publish(r, event, events)
+                .and_then(|events| self.check_transient(r, events));
+            match checked {
+                Ok(events) => {
+                    self.transient.frames.push((reference, events.len()));
+                    self.transient.events.extend(events);
+                }
+                Err(refused) => {
+                    self.flush_transient(replies);
+                    self.queue(replies, now_answer(refused));
+                }
+            }
+            return;
+        }
+        self.flush_transient(replies);
+        if let Some(reply) = self.answer(frame).await {
+            self.queue(replies, reply);
+        }
+    }
+
+    fn queue(&mut self, replies: &mut FuturesOrdered<Pending>, reply: Pending) {
+        replies.push_back(reply);
+        self.feeds.answer_queued();
+    }
+
+    /// Hands the transient publishes held to subscriptions, and queues
+    /// their answers.
+    fn flush_transient(&mut self, replies: &mut FuturesOrdered<Pending>) {
+        if self.transient.frames.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.transient.events);
+        let counts = self.bus.deliver_transient(&events);
+        let mut delivered = events.into_iter().zip(counts);
+        for (reference, n) in std::mem::take(&mut self.transient.frames) {
+            let answer = published_transient(reference.as_deref(), delivered.by_ref().take(n));
+            self.queue(replies, now_answer(answer));
+        }
+    }
+
+    /// Checks transient events.
+    fn check_transient(
+        &self,
+        r: Option<&str>,
+        events: Vec<switchboard_bus::NewEvent>,
+    ) -> Result<Vec<Arc<switchboard_bus::Event>>, Message> {
+        self.bus.check_transient(events).map_err(|e| match e {
+            BusError::Invalid(errors) => error_frame(
+                r,
+                "VALIDATION_FAILED",
+                "the events were refused; none was published",
+                field_errors(&errors),
+            ),
+            other => {
+                tracing::warn!(error = %other, "transient publish over websocket failed");
+                error_frame(
+                    r,
+                    "PUBLISH_FAILED",
+                    "the events could not be published",
+                    Value::Null,
+                )
+            }
+        })
+    }
+
+    /// Answers one frame other than a transient publish: `None` when there
+    /// is nothing to say, otherwise the answer, which may still be on its
+    /// way (a publish waits for its commit while the connection reads on).
+    async fn answer(&mut self, frame: &str) -> Option<Pending> {
         // Most frames of a busy publisher are publishes: read as one first,
         // without the buffer of the tagged `Request` (serde copies a whole
         // internally tagged object before reading it). Anything else, a
@@ -540,9 +710,10 @@ impl Conn {
             reference,
             event,
             events,
+            transient: false,
         }) = serde_json::from_str(frame)
         {
-            return Some(self.publish(reference, event, events));
+            return Some(self.publish(reference, event, events, false));
         }
         let req: Request = match serde_json::from_str(frame) {
             Ok(r) => r,
@@ -584,7 +755,8 @@ impl Conn {
                 reference,
                 event,
                 events,
-            } => return Some(self.publish(reference, event, events)),
+                transient,
+            } => return Some(self.publish(reference, event, events, transient)),
             Request::Consume {
                 id,
                 group,
@@ -838,15 +1010,28 @@ impl Conn {
         text(&json!({"op": "subscribed", "id": id}))
     }
 
-    /// Checks a publish now; the answer comes once the events are durable.
+    /// Checks a publish now; the answer comes once the events are durable,
+    /// or at once for transient events (handed to live subscriptions now).
     fn publish(
         &mut self,
         reference: Option<String>,
         event: Option<PublishEvent>,
         events: Option<Vec<PublishEvent>>,
+        transient: bool,
     ) -> Pending {
         match self.prepare_publish(reference.as_deref(), event, events) {
             Err(refused) => Box::pin(std::future::ready(refused)),
+            Ok(converted) if transient => {
+                let r = reference.as_deref();
+                let answer = match self.check_transient(r, converted) {
+                    Ok(events) => {
+                        let counts = self.bus.deliver_transient(&events);
+                        published_transient(r, events.into_iter().zip(counts))
+                    }
+                    Err(refused) => refused,
+                };
+                now_answer(answer)
+            }
             Ok(converted) => {
                 // Queued now, in frame order; answered when durable.
                 let bus = self.bus.clone();

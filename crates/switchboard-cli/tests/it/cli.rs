@@ -814,3 +814,79 @@ fn closed_stdout_ends_quietly() {
     assert_eq!(o.status.code(), Some(141), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
+
+#[tokio::test]
+async fn transient_publish_prints_how_many_subscribers_it_reached() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hub = HubProcess::spawn(bin(), dir.path(), &[])
+        .await
+        .expect("spawn");
+    let url = hub.url("");
+    let o = cli(
+        &url,
+        &["publish", "metrics.cpu", "--transient", "--data", "1"],
+    )
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("delivered ")
+            && out
+                .trim_end()
+                .ends_with("on metrics.cpu to 0 live subscriptions (transient, not logged)"),
+        "{out}"
+    );
+    let subscriber = {
+        let url = url.clone();
+        tokio::spawn(async move { cli(&url, &["subscribe", "metrics.>", "--count", "2"]).await })
+    };
+    // Once the subscription is open, a transient event reaches it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let o = cli(
+            &url,
+            &["publish", "metrics.cpu", "--transient", "--data", "2"],
+        )
+        .await;
+        assert!(o.status.success(), "{o:?}");
+        if stdout(&o).contains("to 1 live subscription (transient") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription never opened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let o = cli(&url, &["publish", "metrics.cpu", "--data", "3"]).await;
+    assert!(o.status.success(), "{o:?}");
+    let printed = stdout(&o);
+    let offset = printed
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|o| o.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("an offset in {printed:?}"));
+    let s = tokio::time::timeout(std::time::Duration::from_secs(20), subscriber)
+        .await
+        .expect("the subscriber got its 2 events")
+        .expect("join");
+    assert!(s.status.success(), "{s:?}");
+    let lines: Vec<Vec<String>> = stdout(&s)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // Offset column: none for the transient event, the offset for the
+    // logged one; the data last.
+    assert_eq!(
+        (lines[0][0].as_str(), lines[0][4].as_str()),
+        ("-", "2"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        (lines[1][0].clone(), lines[1][4].as_str()),
+        (offset.to_string(), "3"),
+        "{lines:?}"
+    );
+}

@@ -371,7 +371,7 @@ async fn stream_resumes_after_last_event_id_without_gaps() {
         publish(&hub, json!({"topic": "orders.created", "data": {"i": i}})).await;
     }
     let got = take(&mut stream, 5).await;
-    let last = got[4].offset;
+    let last = got[4].offset.expect("a logged event has an offset");
     drop(stream);
     // Published while nobody listens.
     for i in 5..12 {
@@ -807,5 +807,107 @@ async fn the_log_keeps_to_its_size_and_age_limits() {
     assert!(
         ack["events"][0]["offset"].as_u64().expect("offset") > last,
         "{ack}"
+    );
+}
+
+#[tokio::test]
+async fn transient_events_over_http_reach_the_stream_and_stay_out_of_the_log() {
+    let hub = TestHub::start().await.expect("hub");
+    let q = EventQuery {
+        topics: vec!["presence.>".into()],
+        ..Default::default()
+    };
+    let mut stream = hub.api.stream_events(&q, None).await.expect("stream");
+    let post = |query: &'static str, body: Value| {
+        let req = hub
+            .http
+            .post(hub.url(&format!("/api/v1/events{query}")))
+            .json(&body);
+        async move {
+            let resp = req.send().await.expect("send");
+            let status = resp.status();
+            (status, resp.json::<Value>().await.expect("json"))
+        }
+    };
+    let (s, ack) = post(
+        "?transient=true",
+        json!([
+            {"topic": "presence.agent-1", "data": {"n": 1}},
+            {"topic": "presence.agent-2", "data": {"n": 2}},
+            {"topic": "elsewhere.x", "data": {"n": 3}}
+        ]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    let reached: Vec<u64> = ack["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            assert!(e.get("offset").is_none(), "{e}");
+            e["delivered_to"].as_u64().expect("delivered_to")
+        })
+        .collect();
+    assert_eq!(reached, [1, 1, 0]);
+    let (s, ack) = post("", json!({"topic": "presence.agent-1", "data": {"n": 4}})).await;
+    assert_eq!(s, StatusCode::CREATED, "{ack}");
+    let offset = ack["events"][0]["offset"].as_u64().expect("offset");
+
+    let got = take(&mut stream, 3).await;
+    let seen: Vec<(i64, Option<u64>)> = got
+        .iter()
+        .map(|e| {
+            (
+                e.data.as_ref().expect("data")["n"].as_i64().expect("n"),
+                e.offset,
+            )
+        })
+        .collect();
+    assert_eq!(seen, [(1, None), (2, None), (4, Some(offset))]);
+
+    // Only the durable event is in the log; a reader from the start sees
+    // nothing else.
+    let page = read(&hub, "topic=presence.>&after=0").await;
+    assert_eq!(topics(&page), ["presence.agent-1"]);
+    assert_eq!(page["events"][0]["offset"], offset);
+
+    // A transient event cannot be delayed, and the query is checked.
+    let (s, problem) = post(
+        "?transient=true",
+        json!({"topic": "presence.x", "deliverat": "2099-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "deliverat", "{problem}");
+    for (query, field) in [
+        ("?transient=yes", "transient"),
+        ("?transent=true", "transent"),
+    ] {
+        let (s, problem) = post(query, json!({"topic": "presence.x"})).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let page = read(&hub, "topic=presence.>&after=0").await;
+    assert_eq!(
+        topics(&page),
+        ["presence.agent-1"],
+        "nothing refused was logged"
+    );
+
+    // The client library speaks it too.
+    let ack = hub
+        .api
+        .publish_transient(&[switchboard_wire::PublishEvent {
+            topic: Some("presence.agent-3".into()),
+            ..Default::default()
+        }])
+        .await
+        .expect("publish");
+    assert_eq!(ack.events[0].delivered_to, Some(1));
+    assert_eq!(ack.events[0].offset, None);
+    let got = take(&mut stream, 1).await;
+    assert_eq!(
+        (got[0].topic.as_str(), got[0].offset),
+        ("presence.agent-3", None)
     );
 }

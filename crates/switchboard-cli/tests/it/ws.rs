@@ -372,3 +372,117 @@ async fn expect_published(ws: &mut Ws, prefix: &str, n: i64) -> Vec<u64> {
     }
     offsets
 }
+
+/// Sends `frames` in one write, so the hub reads them together.
+async fn send_burst(ws: &mut Ws, frames: &[Value]) {
+    for f in frames {
+        ws.feed(Message::Text(f.to_string().into()))
+            .await
+            .expect("feed");
+    }
+    ws.flush().await.expect("flush");
+}
+
+#[tokio::test]
+async fn transient_publishes_reach_live_subscribers_and_are_never_logged() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut sub = connect(&hub).await;
+    send(
+        &mut sub,
+        json!({"op": "subscribe", "id": "m", "topics": ["metrics.>"], "filter": {"host": ["a"]}}),
+    )
+    .await;
+    assert_eq!(recv(&mut sub).await, json!({"op": "subscribed", "id": "m"}));
+
+    // One burst: transient publishes around a durable one, a transient
+    // one the filter refuses, and a transient one that asks for a delay.
+    let transient = |r: &str, i: i64, host: &str| {
+        json!({"op": "publish", "ref": r, "transient": true,
+               "event": {"topic": "metrics.cpu", "data": {"i": i, "host": host}}})
+    };
+    let mut frames: Vec<Value> = (0..40)
+        .map(|i| transient(&format!("t{i}"), i, "a"))
+        .collect();
+    frames.push(json!({"op": "publish", "ref": "d", "event": {"topic": "metrics.cpu", "data": {"i": 40, "host": "a"}}}));
+    frames.push(transient("t41", 41, "b"));
+    frames.push(json!({"op": "publish", "ref": "late", "transient": true,
+        "event": {"topic": "metrics.cpu", "delayms": 1000, "data": {"host": "a"}}}));
+    frames.push(transient("t42", 42, "a"));
+    let mut publisher = connect(&hub).await;
+    send_burst(&mut publisher, &frames).await;
+
+    // Answers in frame order: transient ones say how many subscriptions
+    // they reached and have no offset; the durable one has its offset.
+    for i in 0..40 {
+        let f = recv(&mut publisher).await;
+        assert_eq!(
+            (f["op"].clone(), f["ref"].clone()),
+            (json!("published"), json!(format!("t{i}"))),
+            "{f}"
+        );
+        assert_eq!(f["events"][0]["delivered_to"], 1, "{f}");
+        assert!(f["events"][0].get("offset").is_none(), "{f}");
+    }
+    let durable = recv(&mut publisher).await;
+    assert_eq!(durable["ref"], "d", "{durable}");
+    let offset = durable["events"][0]["offset"].as_u64().expect("offset");
+    assert!(
+        durable["events"][0].get("delivered_to").is_none(),
+        "{durable}"
+    );
+    let refused_by_filter = recv(&mut publisher).await;
+    assert_eq!(refused_by_filter["ref"], "t41", "{refused_by_filter}");
+    assert_eq!(refused_by_filter["events"][0]["delivered_to"], 0);
+    let late = recv(&mut publisher).await;
+    assert_eq!(
+        (
+            late["op"].clone(),
+            late["ref"].clone(),
+            late["code"].clone()
+        ),
+        (json!("error"), json!("late"), json!("VALIDATION_FAILED")),
+        "{late}"
+    );
+    assert_eq!(late["errors"][0]["field"], "delayms", "{late}");
+    assert_eq!(recv(&mut publisher).await["ref"], "t42");
+
+    // The subscriber gets the transient events in the order published,
+    // without offsets; the durable one carries its offset.
+    let mut got = Vec::new();
+    while got.len() < 42 {
+        let f = recv(&mut sub).await;
+        assert_eq!(f["op"], "event", "{f}");
+        let e = &f["event"];
+        let i = e["data"]["i"].as_i64().expect("i");
+        if i == 40 {
+            assert_eq!(e["offset"], offset, "{f}");
+        } else {
+            assert!(
+                e.get("offset").is_none(),
+                "a transient event has no offset: {f}"
+            );
+        }
+        got.push(i);
+    }
+    let transient_order: Vec<i64> = got.iter().copied().filter(|&i| i != 40).collect();
+    let mut want: Vec<i64> = (0..40).collect();
+    want.push(42);
+    assert_eq!(transient_order, want);
+    assert!(got.contains(&40));
+
+    // The log holds the durable event only.
+    let page = hub.get_json("/api/v1/events?topic=metrics.>&after=0").await;
+    let logged: Vec<i64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["data"]["i"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(logged, [40]);
+
+    // The connections survive: both still answer.
+    send(&mut publisher, json!({"op": "ping"})).await;
+    assert_eq!(recv(&mut publisher).await, json!({"op": "pong"}));
+    send(&mut sub, json!({"op": "ping"})).await;
+    assert_eq!(recv(&mut sub).await, json!({"op": "pong"}));
+}

@@ -132,23 +132,6 @@ pub(crate) struct Recent(Arc<Mutex<VecDeque<Arc<Event>>>>);
 /// Events kept in [`Recent`].
 const RECENT: usize = 4096;
 
-/// `e` as the log holds it, at `offset`.
-pub(super) fn stored(e: NewEvent, offset: u64, now: UnixMillis) -> Event {
-    Event {
-        offset,
-        id: e.id,
-        source: e.source,
-        event_type: e.event_type,
-        topic: e.topic,
-        subject: e.subject,
-        time: e.time.unwrap_or(now),
-        datacontenttype: e.datacontenttype,
-        data: e.data,
-        extensions: e.extensions,
-        rendered: Default::default(),
-    }
-}
-
 impl Recent {
     /// Keeps `events` (in offset order); any not after the newest kept is
     /// dropped, so the window has no holes a reader could miss: a gap
@@ -294,7 +277,7 @@ impl AppendWrite {
             for e in item.events {
                 let answer = match plan.next() {
                     Some(Answer::Stored(copy)) => copy,
-                    Some(Answer::Fresh(seq)) => Arc::new(stored(e, seq, now)),
+                    Some(Answer::Fresh(seq)) => Arc::new(Event::new(e, seq, now)),
                     Some(Answer::Repeat(before)) => answered
                         .get(before)
                         .cloned()

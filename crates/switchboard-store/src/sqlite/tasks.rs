@@ -13,7 +13,7 @@ use switchboard_tasks::{
 };
 
 use super::SqliteStore;
-use super::events::{advance, consecutive, event_row, stored};
+use super::events::{advance, consecutive, event_row};
 use super::writer::rollback;
 use crate::{corrupt, storage_error};
 
@@ -161,7 +161,7 @@ impl TaskStore for SqliteStore {
                         .events
                         .into_iter()
                         .zip(offsets)
-                        .map(|(e, offset)| Arc::new(stored(e, offset, now))),
+                        .map(|(e, offset)| Arc::new(switchboard_bus::Event::new(e, offset, now))),
                 );
             }
             advance(&self.head, last);
