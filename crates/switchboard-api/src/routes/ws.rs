@@ -519,9 +519,13 @@ async fn connection(
                 match frame {
                     Some(Ok(Message::Text(t))) => {
                         conn.handle(t.as_str(), &mut replies).await;
-                        // Frames already read are handled now, so that the
-                        // transient events among them go out together.
-                        while replies.len() + conn.transient.frames.len() < PIPELINE {
+                        // After a transient publish, frames already read
+                        // are handled now, so that the transient events
+                        // among them go out together; any other frame
+                        // hands them over and ends the run.
+                        while !conn.transient.frames.is_empty()
+                            && replies.len() + conn.transient.frames.len() < PIPELINE
+                        {
                             match stream.next().now_or_never() {
                                 Some(Some(Ok(Message::Text(t)))) => {
                                     conn.handle(t.as_str(), &mut replies).await;
@@ -619,16 +623,26 @@ impl Conn {
     /// [`Conn::flush_transient`]; every other frame first flushes those
     /// held, so answers and effects keep the frames' order.
     async fn handle(&mut self, frame: &str, replies: &mut FuturesOrdered<Pending>) {
-        // A transient publish: checked now, handed over with the others
-        // read in the same go.
+        // Most frames of a busy publisher are publishes: read as one first,
+        // without the buffer of the tagged `Request` (serde copies a whole
+        // internally tagged object before reading it). Anything else, a
+        // bad publish included, is read as a `Request`, whose errors name
+        // the problem.
         if let Ok(PublishFrame {
             op: PublishOp::Publish,
             reference,
             event,
             events,
-            transient: true,
+            transient,
         }) = serde_json::from_str(frame)
         {
+            if !transient {
+                self.flush_transient(replies);
+                let reply = self.publish(reference, event, events, false);
+                self.queue(replies, reply);
+                return;
+            }
+            // Checked now, handed over with the others read in one go.
             let r = reference.as_deref();
             let checked = self
                 .prepare_publish(r, event, events)
@@ -696,25 +710,11 @@ impl Conn {
         })
     }
 
-    /// Answers one frame other than a transient publish: `None` when there
-    /// is nothing to say, otherwise the answer, which may still be on its
-    /// way (a publish waits for its commit while the connection reads on).
+    /// Answers a frame that did not read as a publish, as a `Request`:
+    /// `None` when there is nothing to say, otherwise the answer, which may
+    /// still be on its way (a publish waits for its commit while the
+    /// connection reads on).
     async fn answer(&mut self, frame: &str) -> Option<Pending> {
-        // Most frames of a busy publisher are publishes: read as one first,
-        // without the buffer of the tagged `Request` (serde copies a whole
-        // internally tagged object before reading it). Anything else, a
-        // bad publish included, is read as a `Request`, whose errors name
-        // the problem.
-        if let Ok(PublishFrame {
-            op: PublishOp::Publish,
-            reference,
-            event,
-            events,
-            transient: false,
-        }) = serde_json::from_str(frame)
-        {
-            return Some(self.publish(reference, event, events, false));
-        }
         let req: Request = match serde_json::from_str(frame) {
             Ok(r) => r,
             Err(e) => {
