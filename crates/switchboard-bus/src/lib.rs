@@ -237,11 +237,7 @@ impl Bus {
             e.time.get_or_insert(now);
             let at = e.take_schedule(now);
             if at.is_some_and(|t| t - now > event::MAX_SCHEDULE_AHEAD_MS) {
-                let prefix = if batch {
-                    format!("events[{i}].")
-                } else {
-                    String::new()
-                };
+                let prefix = field_prefix(batch, i);
                 errs.push(
                     format!("{prefix}{}", event::ext::DELIVER_AT),
                     "must be at most 30 days ahead",
@@ -312,11 +308,7 @@ impl Bus {
         for (i, e) in events.iter().enumerate() {
             for name in [event::ext::DELIVER_AT, event::ext::DELAY_MS] {
                 if e.extensions.contains_key(name) {
-                    let prefix = if batch {
-                        format!("events[{i}].")
-                    } else {
-                        String::new()
-                    };
+                    let prefix = field_prefix(batch, i);
                     errs.push(
                         format!("{prefix}{name}"),
                         "a transient event is delivered at once; publish it durably to delay it",
@@ -354,11 +346,7 @@ impl Bus {
         }
         let batch = events.len() > 1;
         for (i, e) in events.iter().enumerate() {
-            let prefix = if batch {
-                format!("events[{i}].")
-            } else {
-                String::new()
-            };
+            let prefix = field_prefix(batch, i);
             e.check(&prefix, &mut errs);
         }
         errs
@@ -497,6 +485,16 @@ impl Bus {
         let mut subs = self.subs();
         subs.entries.clear();
         subs.index = PatternIndex::new();
+    }
+}
+
+/// The prefix of the fields of event `i`: `events[i].` in a batch of
+/// several, nothing for one event.
+fn field_prefix(batch: bool, i: usize) -> String {
+    if batch {
+        format!("events[{i}].")
+    } else {
+        String::new()
     }
 }
 

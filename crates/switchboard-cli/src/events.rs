@@ -171,11 +171,9 @@ fn print_event(e: &CloudEvent, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(e)?);
     } else {
         let data = e.data.as_ref().map(Value::to_string).unwrap_or_default();
-        // A transient event has no offset.
-        let offset = e.offset.map_or_else(|| "-".to_owned(), |o| o.to_string());
         println!(
             "{:>8}  {}  {}  {}  {}",
-            offset,
+            output::offset(e.offset),
             e.time.format("%H:%M:%S%.3f"),
             e.topic,
             e.event_type,

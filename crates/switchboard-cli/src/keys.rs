@@ -218,9 +218,9 @@ pub(crate) async fn handle(
     let opened = match ch.open(e).await {
         Ok(o) => o,
         Err(err) => {
-            let at = e.offset.map_or_else(|| "-".to_owned(), |o| o.to_string());
             eprintln!(
-                "switchboard: refused message at offset {at} ({}): {err}",
+                "switchboard: refused message at offset {} ({}): {err}",
+                crate::output::offset(e.offset),
                 err.code()
             );
             return Ok(());

@@ -35,6 +35,11 @@ pub(crate) fn name<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Prints a value as pretty JSON.
+/// An event's offset as printed: `-` for a transient event, which has none.
+pub(crate) fn offset(o: Option<u64>) -> String {
+    o.map_or_else(|| "-".to_owned(), |o| o.to_string())
+}
+
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

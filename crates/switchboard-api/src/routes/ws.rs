@@ -638,16 +638,13 @@ impl Conn {
         {
             if !transient {
                 self.flush_transient(replies);
-                let reply = self.publish(reference, event, events, false);
+                let reply = self.publish(reference, event, events);
                 self.queue(replies, reply);
                 return;
             }
             // Checked now, handed over with the others read in one go.
             let r = reference.as_deref();
-            let checked = self
-                .prepare_publish(r, event, events)
-                .and_then(|events| self.check_transient(r, events));
-            match checked {
+            match self.check_transient(r, event, events) {
                 Ok(events) => {
                     self.transient.frames.push((reference, events.len()));
                     self.transient.events.extend(events);
@@ -685,12 +682,15 @@ impl Conn {
         }
     }
 
-    /// Checks transient events.
+    /// Checks a transient publish: the frame's events, the caller's
+    /// rights, then the bus's checks.
     fn check_transient(
         &self,
         r: Option<&str>,
-        events: Vec<switchboard_bus::NewEvent>,
+        event: Option<PublishEvent>,
+        events: Option<Vec<PublishEvent>>,
     ) -> Result<Vec<Arc<switchboard_bus::Event>>, Message> {
+        let events = self.prepare_publish(r, event, events)?;
         self.bus.check_transient(events).map_err(|e| match e {
             BusError::Invalid(errors) => error_frame(
                 r,
@@ -755,8 +755,14 @@ impl Conn {
                 reference,
                 event,
                 events,
-                transient,
-            } => return Some(self.publish(reference, event, events, transient)),
+                transient: true,
+            } => return now(Some(self.publish_transient(reference, event, events))),
+            Request::Publish {
+                reference,
+                event,
+                events,
+                transient: false,
+            } => return Some(self.publish(reference, event, events)),
             Request::Consume {
                 id,
                 group,
@@ -1010,28 +1016,32 @@ impl Conn {
         text(&json!({"op": "subscribed", "id": id}))
     }
 
-    /// Checks a publish now; the answer comes once the events are durable,
-    /// or at once for transient events (handed to live subscriptions now).
+    /// A transient publish handed over at once, and its answer.
+    fn publish_transient(
+        &mut self,
+        reference: Option<String>,
+        event: Option<PublishEvent>,
+        events: Option<Vec<PublishEvent>>,
+    ) -> Message {
+        let r = reference.as_deref();
+        match self.check_transient(r, event, events) {
+            Ok(events) => {
+                let counts = self.bus.deliver_transient(&events);
+                published_transient(r, events.into_iter().zip(counts))
+            }
+            Err(refused) => refused,
+        }
+    }
+
+    /// Checks a publish now; the answer comes once the events are durable.
     fn publish(
         &mut self,
         reference: Option<String>,
         event: Option<PublishEvent>,
         events: Option<Vec<PublishEvent>>,
-        transient: bool,
     ) -> Pending {
         match self.prepare_publish(reference.as_deref(), event, events) {
             Err(refused) => Box::pin(std::future::ready(refused)),
-            Ok(converted) if transient => {
-                let r = reference.as_deref();
-                let answer = match self.check_transient(r, converted) {
-                    Ok(events) => {
-                        let counts = self.bus.deliver_transient(&events);
-                        published_transient(r, events.into_iter().zip(counts))
-                    }
-                    Err(refused) => refused,
-                };
-                now_answer(answer)
-            }
             Ok(converted) => {
                 // Queued now, in frame order; answered when durable.
                 let bus = self.bus.clone();
