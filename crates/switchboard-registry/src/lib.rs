@@ -249,6 +249,14 @@ impl Registry {
         })
     }
 
+    /// Changes each time a registration records an agent's presence.
+    /// A registration is stored, and so its `agent.registered` event
+    /// published, just before its presence is recorded: whoever acts on
+    /// that event and finds no presence yet is told here when it is.
+    pub fn arrivals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.live().arrivals()
+    }
+
     /// An agent's presence as the hub knows it now (from memory, no IO):
     /// status, reported load and last heartbeat. Cheap enough for every
     /// assignment decision.

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use switchboard_core::UnixMillis;
+use tokio::sync::watch;
 
 use crate::Presence;
 use crate::agent::{AgentStatus, Heartbeat, Liveness, StatusChange};
@@ -34,6 +35,8 @@ pub(crate) struct Beat {
 /// operations with no `.await` inside.
 pub(crate) struct LiveTable {
     map: Mutex<HashMap<String, Entry>>,
+    /// Counts the entries put: see [`crate::Registry::arrivals`].
+    arrivals: watch::Sender<u64>,
 }
 
 impl LiveTable {
@@ -44,6 +47,7 @@ impl LiveTable {
             .collect();
         Self {
             map: Mutex::new(map),
+            arrivals: watch::Sender::new(0),
         }
     }
 
@@ -72,6 +76,11 @@ impl LiveTable {
     pub(crate) fn put(&self, id: &str, live: Liveness) {
         self.lock()
             .insert(id.to_owned(), Entry { live, dirty: false });
+        self.arrivals.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn arrivals(&self) -> watch::Receiver<u64> {
+        self.arrivals.subscribe()
     }
 
     pub(crate) fn remove(&self, id: &str) {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use switchboard_bus::{Bus, Filter, Pattern, Start, Subscription, SubscriptionSpec};
 use switchboard_core::{Clock, StorageError, UnixMillis};
 use switchboard_registry::Registry;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Changes, TaskStore};
@@ -254,6 +254,10 @@ impl Engine {
     /// still in flight are served until `stop`.
     pub async fn run(mut self, drain: CancellationToken, stop: CancellationToken) {
         let mut agent_events = self.agent_events.take();
+        // An agent's `agent.registered` event may arrive before the
+        // registry records its presence, when dispatch passes it over as
+        // not live: the registry says when it does.
+        let mut arrivals = Some(self.registry.arrivals());
         // Whatever loading found to do (a dependency that ended as the hub
         // stopped) is written before the first command.
         self.round(Vec::new(), Vec::new()).await;
@@ -282,6 +286,10 @@ impl Engine {
                         tracing::warn!(%error, "reading agent events failed; retrying");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
+                },
+                changed = next_arrival(&mut arrivals) => match changed {
+                    Ok(()) => self.dispatch_needed = true,
+                    Err(_) => arrivals = None,
                 },
                 _ = sleep_until(&self.clock, wake) => {}
             }
@@ -760,6 +768,15 @@ async fn next_event(
 ) -> Result<Arc<switchboard_bus::Event>, switchboard_bus::BusError> {
     match sub {
         Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_arrival(
+    arrivals: &mut Option<watch::Receiver<u64>>,
+) -> Result<(), watch::error::RecvError> {
+    match arrivals {
+        Some(rx) => rx.changed().await,
         None => std::future::pending().await,
     }
 }
