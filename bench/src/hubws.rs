@@ -65,14 +65,24 @@ pub(crate) fn event(id: &str, source: &str, topic: &str, data: &str) -> String {
     )
 }
 
+/// How a `publish` frame asks for its events to be handled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publish {
+    /// Logged, answered once durable.
+    Logged,
+    /// Delivered live and not logged, answered at once.
+    Transient,
+    /// Delivered live and not logged, answered only if refused.
+    Quiet,
+}
+
 /// A `publish` frame with reference `reference` carrying `events` (one:
-/// `"event"`; more: `"events"`, stored all or nothing); `transient`:
-/// delivered live and not logged.
-pub(crate) fn publish(reference: u64, events: &[String], transient: bool) -> Message {
-    let flag = if transient {
-        r#","transient":true"#
-    } else {
-        ""
+/// `"event"`; more: `"events"`, stored all or nothing).
+pub(crate) fn publish(reference: u64, events: &[String], how: Publish) -> Message {
+    let flag = match how {
+        Publish::Logged => "",
+        Publish::Transient => r#","transient":true"#,
+        Publish::Quiet => r#","transient":true,"quiet":true"#,
     };
     let text = match events {
         [one] => format!(r#"{{"op":"publish","ref":"{reference}"{flag},"event":{one}}}"#),
@@ -82,6 +92,12 @@ pub(crate) fn publish(reference: u64, events: &[String], transient: bool) -> Mes
         ),
     };
     Message::Text(text.into())
+}
+
+/// A `ping` frame: its `pong` comes after the answers to every frame sent
+/// before it.
+pub(crate) fn ping() -> Message {
+    Message::Text(r#"{"op":"ping"}"#.into())
 }
 
 /// A frame from the hub, with what the bench reads of it.

@@ -387,7 +387,8 @@ async fn hub_conn(
                         hubws::event(&id, SOURCE, TOPIC, &payload::make(sent, seq))
                     })
                     .collect();
-                sink.feed(hubws::publish(next, &events, false)).await?;
+                sink.feed(hubws::publish(next, &events, hubws::Publish::Logged))
+                    .await?;
                 inflight.insert(next, (Instant::now(), per_frame as u64));
                 next += 1;
             }

@@ -18,11 +18,13 @@
 //!   when only the publisher's timer was late.
 //!
 //! Each publisher publishes the way its users would: Switchboard a
-//! `publish` frame per event (and, as a second row, frames of up to
-//! [`HUB_BATCH`] events, stored all or nothing), NATS `PUB` through
-//! `async-nats`, Redis `PUBLISH` pipelined through the `redis` crate. A
-//! Switchboard publish is durable before it is delivered (it goes through
-//! the log); NATS core and Redis pub/sub keep nothing.
+//! `publish` frame per event (and, as more rows, frames of up to
+//! [`HUB_BATCH`] events, stored all or nothing; transient frames, not
+//! logged; transient and quiet frames, not answered either), NATS `PUB`
+//! through `async-nats`, Redis `PUBLISH` pipelined through the `redis`
+//! crate. A Switchboard publish is durable before it is delivered (it goes
+//! through the log) unless transient; NATS core and Redis pub/sub keep
+//! nothing.
 //!
 //! Smoke mode: 0.3 s phases, 1 and 10 subscribers.
 
@@ -89,6 +91,19 @@ enum HubMode {
     Batched,
     /// One event per frame, transient: delivered live, not logged.
     Transient,
+    /// As `Transient`, and quiet: answered only if refused, as a NATS core
+    /// publish is not answered.
+    Quiet,
+}
+
+impl HubMode {
+    fn publish(self) -> hubws::Publish {
+        match self {
+            Self::Single | Self::Batched => hubws::Publish::Logged,
+            Self::Transient => hubws::Publish::Transient,
+            Self::Quiet => hubws::Publish::Quiet,
+        }
+    }
 }
 
 impl System {
@@ -97,6 +112,7 @@ impl System {
             Self::Hub(HubMode::Single) => "Switchboard",
             Self::Hub(HubMode::Batched) => "Switchboard, batched publish",
             Self::Hub(HubMode::Transient) => "Switchboard, transient publish",
+            Self::Hub(HubMode::Quiet) => "Switchboard, transient quiet publish",
             Self::Nats => "NATS core",
             Self::Redis => "Redis pub/sub",
         }
@@ -158,6 +174,7 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
         System::Hub(HubMode::Single),
         System::Hub(HubMode::Batched),
         System::Hub(HubMode::Transient),
+        System::Hub(HubMode::Quiet),
     ];
     let mut missing_peers = Vec::new();
     if peers::installed("nats-server") {
@@ -206,7 +223,9 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
          from the actual send when only the publisher's timer was late. Switchboard publishes over its WebSocket \
          (`publish` frames, durable before delivery), batched: up to {HUB_BATCH} events per frame; \
          transient: `publish` frames with `\"transient\": true`, handed to live subscriptions without \
-         being logged (the same guarantee as NATS core); NATS core and Redis pub/sub keep nothing.\n\n",
+         being logged (the same guarantee as NATS core); quiet: transient with `\"quiet\": true`, \
+         not answered unless refused (as NATS core answers no publish; the publisher ends with a \
+         `ping` whose `pong` follows every frame before it); NATS core and Redis pub/sub keep nothing.\n\n",
         big = fanouts[1],
         size = payload::SIZE,
         repeat = s.repeat,
@@ -246,12 +265,14 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
             let ours = rate_of(System::Hub(HubMode::Single), fanout).unwrap_or(0.0);
             let batched = rate_of(System::Hub(HubMode::Batched), fanout).unwrap_or(0.0);
             let transient = rate_of(System::Hub(HubMode::Transient), fanout).unwrap_or(0.0);
+            let quiet = rate_of(System::Hub(HubMode::Quiet), fanout).unwrap_or(0.0);
             body.push_str(&format!(
-                "Switchboard vs {} at 1→{fanout}: delivered/s {:.3}× theirs (batched publish: {:.3}×, transient publish: {:.3}×).\n",
+                "Switchboard vs {} at 1→{fanout}: delivered/s {:.3}× theirs (batched publish: {:.3}×, transient publish: {:.3}×, transient quiet publish: {:.3}×).\n",
                 peer.name(),
                 ours / theirs.max(0.001),
                 batched / theirs.max(0.001),
                 transient / theirs.max(0.001),
+                quiet / theirs.max(0.001),
             ));
         }
     }
@@ -259,6 +280,10 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
         for (mode, what) in [
             (HubMode::Single, "logged before delivery"),
             (HubMode::Transient, "transient, not logged like NATS core"),
+            (
+                HubMode::Quiet,
+                "transient and quiet, neither logged nor answered like NATS core",
+            ),
         ] {
             let verdicts: Vec<String> = fanouts
                 .iter()
@@ -504,6 +529,8 @@ async fn publish(
 struct Answers {
     /// Frames answered (published or refused).
     answered: watch::Sender<u64>,
+    /// `pong`s received.
+    pongs: watch::Sender<u64>,
     refused: AtomicU64,
     first_refusal: Mutex<Option<String>>,
 }
@@ -513,8 +540,8 @@ enum Publisher {
     Hub {
         sink: SplitSink<Ws, Message>,
         batch: usize,
-        /// Publishes are transient (delivered live, not logged).
-        transient: bool,
+        /// How its frames publish.
+        how: hubws::Publish,
         frames: u64,
         /// Prefix of this publisher's event ids: the hub deduplicates on
         /// (source, id), and phases on one hub must not repeat ids.
@@ -533,6 +560,7 @@ impl Publisher {
                 let (sink, mut stream) = hubws::connect(addr).await?.split();
                 let answers = Arc::new(Answers {
                     answered: watch::Sender::new(0),
+                    pongs: watch::Sender::new(0),
                     refused: AtomicU64::new(0),
                     first_refusal: Mutex::new(None),
                 });
@@ -544,6 +572,10 @@ impl Publisher {
                             .with_context(|| format!("unexpected frame {t}"))?;
                         match f.op {
                             "published" => {}
+                            "pong" => {
+                                a.pongs.send_modify(|n| *n += 1);
+                                continue;
+                            }
                             "error" => {
                                 a.refused.fetch_add(1, Ordering::Relaxed);
                                 if let Ok(mut first) = a.first_refusal.lock() {
@@ -558,7 +590,10 @@ impl Publisher {
                 });
                 Self::Hub {
                     sink,
-                    transient: system == System::Hub(HubMode::Transient),
+                    how: match system {
+                        System::Hub(mode) => mode.publish(),
+                        _ => hubws::Publish::Logged,
+                    },
                     batch: if system == System::Hub(HubMode::Batched) {
                         HUB_BATCH
                     } else {
@@ -596,7 +631,7 @@ impl Publisher {
             Self::Hub {
                 sink,
                 batch,
-                transient,
+                how,
                 frames,
                 run,
                 ..
@@ -609,8 +644,7 @@ impl Publisher {
                     })
                     .collect();
                 for chunk in events.chunks(*batch) {
-                    sink.feed(hubws::publish(*frames, chunk, *transient))
-                        .await?;
+                    sink.feed(hubws::publish(*frames, chunk, *how)).await?;
                     *frames += 1;
                 }
                 sink.flush().await?;
@@ -643,23 +677,45 @@ impl Publisher {
             Self::Hub {
                 mut sink,
                 frames,
+                how,
                 answers,
                 reader,
                 ..
             } => {
+                // Quiet publishes are answered only if refused: a ping's
+                // pong comes after every one of them is handled.
+                let quiet = how == hubws::Publish::Quiet;
+                if quiet {
+                    sink.send(hubws::ping()).await?;
+                }
                 let mut answered = answers.answered.subscribe();
+                let mut pongs = answers.pongs.subscribe();
                 // Ends early (an error) if the reader stops.
-                let _ = tokio::time::timeout(DRAIN, answered.wait_for(|n| *n >= frames)).await;
+                let _ = tokio::time::timeout(DRAIN, async {
+                    match quiet {
+                        true => pongs.wait_for(|n| *n >= 1).await.map(|_| ()),
+                        false => answered.wait_for(|n| *n >= frames).await.map(|_| ()),
+                    }
+                })
+                .await;
                 if reader.is_finished() {
                     reader.await??;
                 } else {
                     reader.abort();
                 }
-                let n = *answered.borrow();
-                anyhow::ensure!(
-                    n >= frames,
-                    "the hub answered {n} of {frames} publish frames within {DRAIN:?}"
-                );
+                match quiet {
+                    true => anyhow::ensure!(
+                        *pongs.borrow() >= 1,
+                        "the hub did not answer the ping after {frames} quiet publish frames within {DRAIN:?}"
+                    ),
+                    false => {
+                        let n = *answered.borrow();
+                        anyhow::ensure!(
+                            n >= frames,
+                            "the hub answered {n} of {frames} publish frames within {DRAIN:?}"
+                        );
+                    }
+                }
                 let _ = sink.close().await;
                 let refused = answers.refused.load(Ordering::Relaxed);
                 if let Ok(first) = answers.first_refusal.lock()

@@ -13,7 +13,10 @@
 //!   [{"id", "topic", "offset"}]}` once durable. With `"transient": true`
 //!   the events are not logged: they are handed at once to the live
 //!   subscriptions that match (no offset, no replay, no consumer group, at
-//!   most once) and answered `[{"id", "topic", "delivered_to"}]`.
+//!   most once) and answered `[{"id", "topic", "delivered_to"}]`; with
+//!   `"quiet": true` as well, they are not answered unless refused (an
+//!   error frame), as a NATS core publish is not: a `ping` answered
+//!   `pong` then tells that every frame before it was handled.
 //! - `consume`: `{"op": "consume", "id": "c1", "group": "billing",
 //!   "max_in_flight": 16, "priority": 0}` attaches this connection to a
 //!   consumer group (`PUT /api/v1/groups/{name}`) → `{"op": "consuming",
@@ -121,6 +124,17 @@ fn published_transient(
     ))
 }
 
+/// The refusal of a quiet publish that is not transient: a logged publish
+/// is answered once durable, which is what its publisher waits for.
+fn quiet_refused(reference: Option<&str>) -> Message {
+    error_frame(
+        reference,
+        "VALIDATION_FAILED",
+        "the events were refused; none was published",
+        json!([{"field": "quiet", "reason": "needs \"transient\": true; a logged publish is answered once durable"}]),
+    )
+}
+
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 64;
 
@@ -188,6 +202,8 @@ struct PublishFrame {
     events: Option<Vec<PublishEvent>>,
     #[serde(default)]
     transient: bool,
+    #[serde(default)]
+    quiet: bool,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +238,8 @@ enum Request {
         events: Option<Vec<PublishEvent>>,
         #[serde(default)]
         transient: bool,
+        #[serde(default)]
+        quiet: bool,
     },
     Consume {
         id: String,
@@ -282,8 +300,16 @@ struct Conn {
 #[derive(Default)]
 struct Transient {
     events: Vec<Arc<switchboard_bus::Event>>,
-    /// Per frame: its reference and how many of `events` it holds.
-    frames: Vec<(Option<String>, usize)>,
+    frames: Vec<Held>,
+}
+
+/// A transient publish frame held.
+struct Held {
+    reference: Option<String>,
+    /// How many of [`Transient::events`] it holds.
+    events: usize,
+    /// Answered only if refused.
+    quiet: bool,
 }
 
 /// Frames one subscription or consumer has for the client.
@@ -634,11 +660,15 @@ impl Conn {
             event,
             events,
             transient,
+            quiet,
         }) = serde_json::from_str(frame)
         {
             if !transient {
                 self.flush_transient(replies);
-                let reply = self.publish(reference, event, events);
+                let reply = match quiet {
+                    true => now_answer(quiet_refused(reference.as_deref())),
+                    false => self.publish(reference, event, events),
+                };
                 self.queue(replies, reply);
                 return;
             }
@@ -646,7 +676,11 @@ impl Conn {
             let r = reference.as_deref();
             match self.check_transient(r, event, events) {
                 Ok(events) => {
-                    self.transient.frames.push((reference, events.len()));
+                    self.transient.frames.push(Held {
+                        reference,
+                        events: events.len(),
+                        quiet,
+                    });
                     self.transient.events.extend(events);
                 }
                 Err(refused) => {
@@ -668,7 +702,7 @@ impl Conn {
     }
 
     /// Hands the transient publishes held to subscriptions, and queues
-    /// their answers.
+    /// the answers of those not quiet.
     fn flush_transient(&mut self, replies: &mut FuturesOrdered<Pending>) {
         if self.transient.frames.is_empty() {
             return;
@@ -676,8 +710,13 @@ impl Conn {
         let events = std::mem::take(&mut self.transient.events);
         let counts = self.bus.deliver_transient(&events);
         let mut delivered = events.into_iter().zip(counts);
-        for (reference, n) in std::mem::take(&mut self.transient.frames) {
-            let answer = published_transient(reference.as_deref(), delivered.by_ref().take(n));
+        for held in std::mem::take(&mut self.transient.frames) {
+            let mine = delivered.by_ref().take(held.events);
+            if held.quiet {
+                mine.for_each(drop);
+                continue;
+            }
+            let answer = published_transient(held.reference.as_deref(), mine);
             self.queue(replies, now_answer(answer));
         }
     }
@@ -756,12 +795,20 @@ impl Conn {
                 event,
                 events,
                 transient: true,
-            } => return now(Some(self.publish_transient(reference, event, events))),
+                quiet,
+            } => return now(self.publish_transient(reference, event, events, quiet)),
+            Request::Publish {
+                reference,
+                transient: false,
+                quiet: true,
+                ..
+            } => quiet_refused(reference.as_deref()),
             Request::Publish {
                 reference,
                 event,
                 events,
                 transient: false,
+                quiet: false,
             } => return Some(self.publish(reference, event, events)),
             Request::Consume {
                 id,
@@ -1016,20 +1063,22 @@ impl Conn {
         text(&json!({"op": "subscribed", "id": id}))
     }
 
-    /// A transient publish handed over at once, and its answer.
+    /// A transient publish handed over at once, and its answer (none when
+    /// quiet).
     fn publish_transient(
         &mut self,
         reference: Option<String>,
         event: Option<PublishEvent>,
         events: Option<Vec<PublishEvent>>,
-    ) -> Message {
+        quiet: bool,
+    ) -> Option<Message> {
         let r = reference.as_deref();
         match self.check_transient(r, event, events) {
             Ok(events) => {
                 let counts = self.bus.deliver_transient(&events);
-                published_transient(r, events.into_iter().zip(counts))
+                (!quiet).then(|| published_transient(r, events.into_iter().zip(counts)))
             }
-            Err(refused) => refused,
+            Err(refused) => Some(refused),
         }
     }
 

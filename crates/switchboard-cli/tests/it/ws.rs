@@ -486,3 +486,83 @@ async fn transient_publishes_reach_live_subscribers_and_are_never_logged() {
     send(&mut sub, json!({"op": "ping"})).await;
     assert_eq!(recv(&mut sub).await, json!({"op": "pong"}));
 }
+
+#[tokio::test]
+async fn quiet_transient_publishes_are_answered_only_when_refused() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut sub = connect(&hub).await;
+    send(
+        &mut sub,
+        json!({"op": "subscribe", "id": "m", "topics": ["metrics.>"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut sub).await, json!({"op": "subscribed", "id": "m"}));
+
+    // One burst: quiet publishes around two that are refused (a delay; a
+    // quiet publish to log) and one transient publish that is not quiet,
+    // then a ping.
+    let quiet = |i: i64| {
+        json!({"op": "publish", "ref": format!("q{i}"), "transient": true, "quiet": true,
+               "event": {"topic": "metrics.cpu", "data": {"i": i}}})
+    };
+    let mut frames: Vec<Value> = (0..30).map(quiet).collect();
+    frames.push(
+        json!({"op": "publish", "ref": "late", "transient": true, "quiet": true,
+        "event": {"topic": "metrics.cpu", "delayms": 1000, "data": {"i": -1}}}),
+    );
+    frames.push(json!({"op": "publish", "ref": "logged", "quiet": true,
+        "event": {"topic": "metrics.cpu", "data": {"i": -2}}}));
+    frames.push(json!({"op": "publish", "ref": "loud", "transient": true,
+        "event": {"topic": "metrics.cpu", "data": {"i": 100}}}));
+    frames.extend((30..35).map(quiet));
+    frames.push(json!({"op": "ping"}));
+    let mut publisher = connect(&hub).await;
+    send_burst(&mut publisher, &frames).await;
+
+    // Only the refusals, the loud publish and the pong are answered, in
+    // frame order.
+    let late = recv(&mut publisher).await;
+    assert_eq!(
+        (late["op"].clone(), late["ref"].clone()),
+        (json!("error"), json!("late")),
+        "{late}"
+    );
+    assert_eq!(late["errors"][0]["field"], "delayms", "{late}");
+    let logged = recv(&mut publisher).await;
+    assert_eq!(
+        (logged["op"].clone(), logged["ref"].clone()),
+        (json!("error"), json!("logged")),
+        "{logged}"
+    );
+    assert_eq!(logged["errors"][0]["field"], "quiet", "{logged}");
+    let loud = recv(&mut publisher).await;
+    assert_eq!(
+        (loud["op"].clone(), loud["ref"].clone()),
+        (json!("published"), json!("loud")),
+        "{loud}"
+    );
+    assert_eq!(loud["events"][0]["delivered_to"], 1, "{loud}");
+    assert_eq!(recv(&mut publisher).await, json!({"op": "pong"}));
+
+    // A quiet publish on its own, then a ping: the pong is the next frame.
+    send(&mut publisher, quiet(35)).await;
+    send(&mut publisher, json!({"op": "ping"})).await;
+    assert_eq!(recv(&mut publisher).await, json!({"op": "pong"}));
+
+    // The subscriber gets every event accepted, in the order published.
+    let mut got = Vec::new();
+    while got.len() < 37 {
+        let f = recv(&mut sub).await;
+        assert_eq!(f["op"], "event", "{f}");
+        assert!(f["event"].get("offset").is_none(), "{f}");
+        got.push(f["event"]["data"]["i"].as_i64().expect("i"));
+    }
+    let mut want: Vec<i64> = (0..30).collect();
+    want.push(100);
+    want.extend(30..36);
+    assert_eq!(got, want);
+
+    // Nothing was logged, the refused quiet publish included.
+    let page = hub.get_json("/api/v1/events?topic=metrics.>&after=0").await;
+    assert_eq!(page["events"], json!([]), "{page}");
+}
