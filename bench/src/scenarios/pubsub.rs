@@ -682,40 +682,26 @@ impl Publisher {
                 reader,
                 ..
             } => {
-                // Quiet publishes are answered only if refused: a ping's
-                // pong comes after every one of them is handled.
-                let quiet = how == hubws::Publish::Quiet;
-                if quiet {
-                    sink.send(hubws::ping()).await?;
-                }
-                let mut answered = answers.answered.subscribe();
+                // Every frame is answered (a quiet publish only if
+                // refused) before the pong to a ping sent after them.
+                sink.send(hubws::ping()).await?;
                 let mut pongs = answers.pongs.subscribe();
                 // Ends early (an error) if the reader stops.
-                let _ = tokio::time::timeout(DRAIN, async {
-                    match quiet {
-                        true => pongs.wait_for(|n| *n >= 1).await.map(|_| ()),
-                        false => answered.wait_for(|n| *n >= frames).await.map(|_| ()),
-                    }
-                })
-                .await;
+                let _ = tokio::time::timeout(DRAIN, pongs.wait_for(|n| *n >= 1)).await;
                 if reader.is_finished() {
                     reader.await??;
                 } else {
                     reader.abort();
                 }
-                match quiet {
-                    true => anyhow::ensure!(
-                        *pongs.borrow() >= 1,
-                        "the hub did not answer the ping after {frames} quiet publish frames within {DRAIN:?}"
-                    ),
-                    false => {
-                        let n = *answered.borrow();
-                        anyhow::ensure!(
-                            n >= frames,
-                            "the hub answered {n} of {frames} publish frames within {DRAIN:?}"
-                        );
-                    }
-                }
+                anyhow::ensure!(
+                    *pongs.borrow() >= 1,
+                    "the hub did not answer a ping sent after {frames} publish frames within {DRAIN:?}"
+                );
+                let n = *answers.answered.borrow();
+                anyhow::ensure!(
+                    how == hubws::Publish::Quiet || n >= frames,
+                    "the hub answered {n} of {frames} publish frames"
+                );
                 let _ = sink.close().await;
                 let refused = answers.refused.load(Ordering::Relaxed);
                 if let Ok(first) = answers.first_refusal.lock()

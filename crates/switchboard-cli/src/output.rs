@@ -34,12 +34,12 @@ pub(crate) fn name<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-/// Prints a value as pretty JSON.
 /// An event's offset as printed: `-` for a transient event, which has none.
 pub(crate) fn offset(o: Option<u64>) -> String {
     o.map_or_else(|| "-".to_owned(), |o| o.to_string())
 }
 
+/// Prints a value as pretty JSON.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

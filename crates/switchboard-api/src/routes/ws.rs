@@ -193,7 +193,9 @@ pub(crate) async fn upgrade(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishFrame {
-    op: PublishOp,
+    /// Only `publish`: any other op does not read as this frame.
+    #[serde(rename = "op")]
+    _op: PublishOp,
     #[serde(default, rename = "ref")]
     reference: Option<String>,
     #[serde(default)]
@@ -654,45 +656,42 @@ impl Conn {
         // internally tagged object before reading it). Anything else, a
         // bad publish included, is read as a `Request`, whose errors name
         // the problem.
-        if let Ok(PublishFrame {
-            op: PublishOp::Publish,
-            reference,
-            event,
-            events,
-            transient,
-            quiet,
-        }) = serde_json::from_str(frame)
-        {
-            if !transient {
-                self.flush_transient(replies);
-                let reply = match quiet {
-                    true => now_answer(quiet_refused(reference.as_deref())),
-                    false => self.publish(reference, event, events),
-                };
-                self.queue(replies, reply);
-                return;
-            }
-            // Checked now, handed over with the others read in one go.
-            let r = reference.as_deref();
-            match self.check_transient(r, event, events) {
-                Ok(events) => {
-                    self.transient.frames.push(Held {
-                        reference,
-                        events: events.len(),
-                        quiet,
-                    });
-                    self.transient.events.extend(events);
-                }
-                Err(refused) => {
-                    self.flush_transient(replies);
-                    self.queue(replies, now_answer(refused));
-                }
-            }
+        if let Ok(publish) = serde_json::from_str::<PublishFrame>(frame) {
+            self.take_publish(publish, replies);
             return;
         }
         self.flush_transient(replies);
-        if let Some(reply) = self.answer(frame).await {
+        if let Some(reply) = self.answer(frame, replies).await {
             self.queue(replies, reply);
+        }
+    }
+
+    /// Takes a publish: a logged one is queued, answered once durable; a
+    /// transient one is checked now and held, to be handed over with the
+    /// others read in one go (a refusal is answered in its place).
+    fn take_publish(&mut self, p: PublishFrame, replies: &mut FuturesOrdered<Pending>) {
+        if !p.transient {
+            self.flush_transient(replies);
+            let reply = match p.quiet {
+                true => now_answer(quiet_refused(p.reference.as_deref())),
+                false => self.publish(p.reference, p.event, p.events),
+            };
+            self.queue(replies, reply);
+            return;
+        }
+        match self.check_transient(p.reference.as_deref(), p.event, p.events) {
+            Ok(events) => {
+                self.transient.frames.push(Held {
+                    reference: p.reference,
+                    events: events.len(),
+                    quiet: p.quiet,
+                });
+                self.transient.events.extend(events);
+            }
+            Err(refused) => {
+                self.flush_transient(replies);
+                self.queue(replies, now_answer(refused));
+            }
         }
     }
 
@@ -750,10 +749,13 @@ impl Conn {
     }
 
     /// Answers a frame that did not read as a publish, as a `Request`:
-    /// `None` when there is nothing to say, otherwise the answer, which may
-    /// still be on its way (a publish waits for its commit while the
-    /// connection reads on).
-    async fn answer(&mut self, frame: &str) -> Option<Pending> {
+    /// `None` when there is nothing to say (or a publish, taken as
+    /// [`Conn::take_publish`] does), otherwise the answer.
+    async fn answer(
+        &mut self,
+        frame: &str,
+        replies: &mut FuturesOrdered<Pending>,
+    ) -> Option<Pending> {
         let req: Request = match serde_json::from_str(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -794,22 +796,20 @@ impl Conn {
                 reference,
                 event,
                 events,
-                transient: true,
+                transient,
                 quiet,
-            } => return now(self.publish_transient(reference, event, events, quiet)),
-            Request::Publish {
-                reference,
-                transient: false,
-                quiet: true,
-                ..
-            } => quiet_refused(reference.as_deref()),
-            Request::Publish {
-                reference,
-                event,
-                events,
-                transient: false,
-                quiet: false,
-            } => return Some(self.publish(reference, event, events)),
+            } => {
+                let publish = PublishFrame {
+                    _op: PublishOp::Publish,
+                    reference,
+                    event,
+                    events,
+                    transient,
+                    quiet,
+                };
+                self.take_publish(publish, replies);
+                return None;
+            }
             Request::Consume {
                 id,
                 group,
@@ -1061,25 +1061,6 @@ impl Conn {
         });
         self.feeds.insert(id.clone(), Box::pin(frames));
         text(&json!({"op": "subscribed", "id": id}))
-    }
-
-    /// A transient publish handed over at once, and its answer (none when
-    /// quiet).
-    fn publish_transient(
-        &mut self,
-        reference: Option<String>,
-        event: Option<PublishEvent>,
-        events: Option<Vec<PublishEvent>>,
-        quiet: bool,
-    ) -> Option<Message> {
-        let r = reference.as_deref();
-        match self.check_transient(r, event, events) {
-            Ok(events) => {
-                let counts = self.bus.deliver_transient(&events);
-                (!quiet).then(|| published_transient(r, events.into_iter().zip(counts)))
-            }
-            Err(refused) => Some(refused),
-        }
     }
 
     /// Checks a publish now; the answer comes once the events are durable.
