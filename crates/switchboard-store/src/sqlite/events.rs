@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
+use rusqlite::OptionalExtension;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
@@ -13,7 +14,7 @@ use switchboard_core::{Clock, StorageError, UnixMillis};
 use tokio::sync::watch;
 
 use super::batch::BatchWrite;
-use super::seen::Seen;
+use super::seen::{Missing, Seen};
 use super::{SqliteStore, Writer};
 use crate::{corrupt, direct_error, storage_error};
 
@@ -25,6 +26,110 @@ const INSERT_CHUNK: usize = 500;
 
 pub(crate) const COLUMNS: &str =
     "seq, id, source, type, topic, subject, time, datacontenttype, data, extensions";
+
+/// Events from an offset on, in order. Built once.
+static READ_FROM: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS} FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2"));
+
+/// The first event at or after an offset, and when it was appended: one
+/// step of a [`ByTime`] search.
+const PROBE: &str = "SELECT seq, appended_at FROM events WHERE seq >= ?1 ORDER BY seq LIMIT 1";
+
+/// Finds where the events appended at or after a time start, by halving
+/// a range of offsets: `appended_at` never decreases along the log (every
+/// writer stamps with [`Seen::stamp`]), so the log needs no index by time.
+#[derive(Debug)]
+pub(crate) struct ByTime {
+    t: UnixMillis,
+    /// Every event before `lo` was appended before `t`...
+    lo: u64,
+    /// ...and every event from `hi` on at or after it.
+    hi: u64,
+}
+
+impl ByTime {
+    /// A search among the offsets up to `last`.
+    pub(crate) fn new(t: UnixMillis, last: u64) -> Self {
+        Self {
+            t,
+            lo: 0,
+            hi: last.saturating_add(1),
+        }
+    }
+
+    /// The offset to probe next (the first event at or after it is
+    /// wanted), or `None` once [`ByTime::start`] is the answer.
+    pub(crate) fn probe(&self) -> Option<u64> {
+        (self.lo < self.hi).then(|| self.lo + (self.hi - self.lo) / 2)
+    }
+
+    /// What the probe at `at` found: the first event at or after it, with
+    /// its `appended_at`, if any.
+    pub(crate) fn found(&mut self, at: u64, first: Option<(u64, UnixMillis)>) {
+        match first {
+            Some((seq, appended)) if seq < self.hi => {
+                if appended >= self.t {
+                    self.hi = seq;
+                } else {
+                    self.lo = seq + 1;
+                }
+            }
+            // Nothing from `at` to `hi`.
+            _ => self.hi = at,
+        }
+    }
+
+    /// The offset the events appended at or after `t` start from (every
+    /// event at or after it was).
+    pub(crate) fn start(&self) -> u64 {
+        self.lo
+    }
+}
+
+/// The offset from which every event was appended at `t` or later.
+pub(crate) async fn first_appended_since(
+    conn: &mut SqliteConnection,
+    t: UnixMillis,
+) -> Result<u64, StorageError> {
+    let ctx = |e| storage_error("find events by time", e);
+    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(ctx)?;
+    let mut search = ByTime::new(t, last.and_then(|l| u64::try_from(l).ok()).unwrap_or(0));
+    while let Some(at) = search.probe() {
+        let first: Option<(i64, UnixMillis)> = sqlx::query_as(PROBE)
+            .bind(i64::try_from(at).unwrap_or(i64::MAX))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(ctx)?;
+        search.found(at, first.map(|(s, a)| (u64::try_from(s).unwrap_or(0), a)));
+    }
+    Ok(search.start())
+}
+
+/// [`first_appended_since`] on the direct connection.
+fn first_appended_since_direct(
+    conn: &rusqlite::Connection,
+    t: UnixMillis,
+) -> Result<u64, StorageError> {
+    let ctx = |e| direct_error("find events by time", e);
+    let last: Option<i64> = conn
+        .query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))
+        .map_err(ctx)?;
+    let mut search = ByTime::new(t, last.and_then(|l| u64::try_from(l).ok()).unwrap_or(0));
+    let mut probe = conn.prepare_cached(PROBE).map_err(ctx)?;
+    while let Some(at) = search.probe() {
+        let first = probe
+            .query_row([i64::try_from(at).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, UnixMillis>(1)?))
+            })
+            .optional()
+            .map_err(ctx)?;
+        search.found(at, first.map(|(s, a)| (u64::try_from(s).unwrap_or(0), a)));
+    }
+    Ok(search.start())
+}
 
 #[async_trait]
 impl EventLog for SqliteStore {
@@ -76,24 +181,18 @@ impl EventLog for SqliteStore {
     }
 
     async fn read(&self, from: ReadFrom, limit: u32) -> Result<Vec<Event>, StorageError> {
-        let (sql, at) = match from {
-            ReadFrom::After(seq) => (
-                format!("SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
-                i64::try_from(seq).unwrap_or(i64::MAX),
-            ),
-            ReadFrom::Time(t) => (
-                format!(
-                    "SELECT {COLUMNS} FROM events WHERE appended_at >= ?1 ORDER BY seq LIMIT ?2"
-                ),
-                t,
-            ),
+        let ctx = |e| storage_error("read events", e);
+        let mut conn = self.reader.acquire().await.map_err(ctx)?;
+        let from = match from {
+            ReadFrom::After(seq) => seq.saturating_add(1),
+            ReadFrom::Time(t) => first_appended_since(&mut conn, t).await?,
         };
-        let rows = sqlx::query(&sql)
-            .bind(at)
+        let rows = sqlx::query(&READ_FROM)
+            .bind(i64::try_from(from).unwrap_or(i64::MAX))
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *conn)
             .await
-            .map_err(|e| storage_error("read events", e))?;
+            .map_err(ctx)?;
         rows.iter().map(decode).collect()
     }
 
@@ -166,30 +265,6 @@ impl Recent {
     }
 }
 
-/// The stored copies of a batch's events within their windows, oldest
-/// first: `?1` is a JSON array of `{"s": source, "i": id, "t": oldest
-/// appended_at}`. Built once.
-static DUPLICATES: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {} FROM events e JOIN json_each(?1) j \
-         ON e.source = j.value ->> 's' AND e.id = j.value ->> 'i' \
-         WHERE e.appended_at >= j.value ->> 't' ORDER BY e.seq",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("e.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-});
-
-/// An element of [`DUPLICATES`]' array, serialized from borrowed strings.
-#[derive(serde::Serialize)]
-struct DedupKey<'a> {
-    s: &'a str,
-    i: &'a str,
-    t: UnixMillis,
-}
-
 /// One event of a batch: what its publisher is answered.
 enum Answer {
     /// A copy stored earlier.
@@ -220,45 +295,55 @@ impl AppendWrite {
         let keys = || {
             items.iter().flat_map(move |it| {
                 let t = now.saturating_sub(it.dedup_window_ms);
-                it.events.iter().map(move |e| DedupKey {
-                    s: &e.source,
-                    i: &e.id,
-                    t,
-                })
+                it.events
+                    .iter()
+                    .map(move |e| (e.source.as_str(), e.id.as_str(), t))
             })
         };
-        // Almost always none could have been appended before: then the
-        // look-up is skipped.
-        let found = if self.seen.may_hold(keys().map(|k| (k.s, k.i, k.t))) {
-            let keys =
-                serde_json::to_string(&keys().collect::<Vec<_>>()).map_err(|e| corrupt(ctx, e))?;
-            earlier_copies(&tx, &keys)?
-        } else {
-            Vec::new()
+        // Almost always there is no candidate, and nothing is read.
+        let candidates = match self.seen.copies(keys()) {
+            Ok(offsets) => offsets,
+            Err(missing) => {
+                load_keys(&self.seen, &tx, missing)?;
+                self.seen
+                    .copies(keys())
+                    .map_err(|_| corrupt(ctx, "deduplication keys missing after a load"))?
+            }
         };
+        let found = stored_copies(&tx, &candidates)?;
         let mut plan: Vec<Answer> = Vec::with_capacity(events().count());
         {
-            // Keyed by borrowed strings, so that no lookup copies a key.
-            let mut earlier: HashMap<(&str, &str), &Arc<Event>> = HashMap::new();
-            for e in &found {
-                earlier.entry((&e.source, &e.id)).or_insert(e);
+            // Keyed by borrowed strings, so that no lookup copies a key;
+            // oldest first.
+            let mut earlier: HashMap<(&str, &str), Vec<&StoredCopy>> = HashMap::new();
+            for copy in &found {
+                let e = &copy.1;
+                earlier.entry((&e.source, &e.id)).or_default().push(copy);
             }
             // New events, first occurrence in the batch only.
             let mut first: HashMap<(&str, &str), usize> = HashMap::new();
             let mut fresh: Vec<&NewEvent> = Vec::new();
-            for (at, e) in events().enumerate() {
-                let key = (e.source.as_str(), e.id.as_str());
-                if let Some(copy) = earlier.get(&key) {
+            for (at, (source, id, since)) in keys().enumerate() {
+                let key = (source, id);
+                let copy = earlier
+                    .get(&key)
+                    .and_then(|copies| copies.iter().find(|(appended, _)| *appended >= since));
+                if let Some((_, copy)) = copy {
                     plan.push(Answer::Stored(Arc::clone(copy)));
                 } else if let Some(&before) = first.get(&key) {
                     plan.push(Answer::Repeat(before));
                 } else {
                     first.insert(key, at);
-                    fresh.push(e);
                     plan.push(Answer::Fresh(0));
                 }
             }
-            let mut seqs = insert_direct(&self.seen, &tx, &fresh, now)?.into_iter();
+            for (e, answer) in events().zip(&plan) {
+                if matches!(answer, Answer::Fresh(_)) {
+                    fresh.push(e);
+                }
+            }
+            let stamp = self.seen.stamp();
+            let mut seqs = insert_direct(&self.seen, &tx, &fresh, now, stamp)?.into_iter();
             for answer in &mut plan {
                 if let Answer::Fresh(seq) = answer {
                     *seq = seqs
@@ -322,21 +407,72 @@ impl BatchWrite for AppendWrite {
     }
 }
 
-/// The rows of [`DUPLICATES`] for `keys`.
-fn earlier_copies(
-    tx: &rusqlite::Transaction<'_>,
-    keys: &str,
-) -> Result<Vec<Arc<Event>>, StorageError> {
-    let ctx = "look for duplicate events";
-    let mut stmt = tx
-        .prepare_cached(&DUPLICATES)
-        .map_err(|e| direct_error(ctx, e))?;
-    let mut rows = stmt.query([keys]).map_err(|e| direct_error(ctx, e))?;
-    let mut found = Vec::new();
-    while let Some(row) = rows.next().map_err(|e| direct_error(ctx, e))? {
-        found.push(Arc::new(decode_direct(row)?));
+/// An event of the log, with when it was appended.
+type StoredCopy = (UnixMillis, Arc<Event>);
+
+/// An event and when it was appended, by offset. Built once.
+static STORED_AT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS}, appended_at FROM events WHERE seq = ?1"));
+
+/// The events at `offsets` still in the log, with when each was
+/// appended, in the same order.
+fn stored_copies(
+    conn: &rusqlite::Connection,
+    offsets: &[u64],
+) -> Result<Vec<StoredCopy>, StorageError> {
+    let ctx = |e| direct_error("read earlier copies of events", e);
+    if offsets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare_cached(&STORED_AT).map_err(ctx)?;
+    let mut found = Vec::with_capacity(offsets.len());
+    for &offset in offsets {
+        let mut rows = stmt
+            .query([i64::try_from(offset).unwrap_or(i64::MAX)])
+            .map_err(ctx)?;
+        if let Some(row) = rows.next().map_err(ctx)? {
+            let appended: UnixMillis = row.get("appended_at").map_err(ctx)?;
+            found.push((appended, Arc::new(decode_direct(row)?)));
+        }
     }
     Ok(found)
+}
+
+/// Hands `seen` the keys of the events appended within `missing`.
+fn load_keys(
+    seen: &Seen,
+    conn: &rusqlite::Connection,
+    missing: Missing,
+) -> Result<(), StorageError> {
+    let ctx = |e| direct_error("load deduplication keys", e);
+    let from = first_appended_since_direct(conn, missing.since)?;
+    let mut stmt = conn
+        .prepare("SELECT seq, source, id, appended_at FROM events WHERE seq >= ?1 ORDER BY seq")
+        .map_err(ctx)?;
+    let mut rows = stmt
+        .query([i64::try_from(from).unwrap_or(i64::MAX)])
+        .map_err(ctx)?;
+    let mut keys: Vec<(String, String, u64, UnixMillis)> = Vec::new();
+    while let Some(row) = rows.next().map_err(ctx)? {
+        let appended: UnixMillis = row.get(3).map_err(ctx)?;
+        if appended >= missing.until {
+            break;
+        }
+        let seq: i64 = row.get(0).map_err(ctx)?;
+        keys.push((
+            row.get(1).map_err(ctx)?,
+            row.get(2).map_err(ctx)?,
+            u64::try_from(seq).unwrap_or(0),
+            appended,
+        ));
+    }
+    tracing::debug!(keys = keys.len(), "deduplication keys loaded from the log");
+    seen.load(
+        missing,
+        keys.iter()
+            .map(|(source, id, offset, at)| (source.as_str(), id.as_str(), *offset, *at)),
+    );
+    Ok(())
 }
 
 /// The head of every insert into the log; its 12 columns are bound in
@@ -356,19 +492,16 @@ fn insert_direct(
     tx: &rusqlite::Transaction<'_>,
     events: &[&NewEvent],
     now: UnixMillis,
+    stamp: UnixMillis,
 ) -> Result<Vec<u64>, StorageError> {
     let ctx = "append events";
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    seen.note(
-        now,
-        events.iter().map(|e| (e.source.as_str(), e.id.as_str())),
-    );
     let mut stmt = tx
         .prepare_cached(&INSERT_ONE)
         .map_err(|e| direct_error(ctx, e))?;
-    events
+    let seqs = events
         .iter()
         .map(|e| {
             let row = event_row(e);
@@ -380,7 +513,7 @@ fn insert_direct(
                     e.topic,
                     e.subject,
                     e.time.unwrap_or(now),
-                    now,
+                    stamp,
                     e.datacontenttype,
                     row.data,
                     row.extensions,
@@ -390,7 +523,20 @@ fn insert_direct(
                 .map_err(|e| direct_error(ctx, e))?;
             u64::try_from(seq).map_err(|_| corrupt(ctx, format!("offset {seq}")))
         })
-        .collect()
+        .collect::<Result<Vec<u64>, StorageError>>()?;
+    note(seen, stamp, events, &seqs);
+    Ok(seqs)
+}
+
+/// Notes `events`, stored at `seqs` with `stamp`, in `seen`.
+fn note(seen: &Seen, stamp: UnixMillis, events: &[&NewEvent], seqs: &[u64]) {
+    seen.note(
+        stamp,
+        events
+            .iter()
+            .zip(seqs)
+            .map(|(e, &seq)| (e.source.as_str(), e.id.as_str(), seq)),
+    );
 }
 
 /// Moves the head forward to `seq` (never back), waking the dispatcher.
@@ -444,6 +590,7 @@ fn push_insert_events<'a>(
     q: &mut QueryBuilder<'a, Sqlite>,
     events: &'a [&NewEvent],
     now: UnixMillis,
+    stamp: UnixMillis,
 ) {
     q.push(INSERT_INTO);
     q.push_values(events, |mut b, e| {
@@ -454,7 +601,7 @@ fn push_insert_events<'a>(
             .push_bind(&e.topic)
             .push_bind(&e.subject)
             .push_bind(e.time.unwrap_or(now))
-            .push_bind(now)
+            .push_bind(stamp)
             .push_bind(&e.datacontenttype)
             .push_bind(row.data)
             .push_bind(row.extensions)
@@ -468,8 +615,9 @@ fn push_insert_events<'a>(
 /// the transaction commits.
 ///
 /// Every writer that appends events holds the write connection and goes
-/// through here (or notes its events in `seen` itself), so that `seen`
-/// knows every event in the log.
+/// through here (or stamps and notes its events in `seen` itself), so
+/// that `appended_at` never decreases along the log and `seen` knows
+/// every event in it.
 pub(crate) async fn insert_events(
     seen: &Seen,
     conn: &mut SqliteConnection,
@@ -480,14 +628,11 @@ pub(crate) async fn insert_events(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    seen.note(
-        now,
-        events.iter().map(|e| (e.source.as_str(), e.id.as_str())),
-    );
+    let stamp = seen.stamp();
     let mut seqs: Vec<u64> = Vec::with_capacity(events.len());
     for chunk in events.chunks(INSERT_CHUNK) {
         let mut q = QueryBuilder::<Sqlite>::new("");
-        push_insert_events(&mut q, chunk, now);
+        push_insert_events(&mut q, chunk, now, stamp);
         // Rows are numbered in the order of VALUES, one after another (one
         // writer, AUTOINCREMENT), so the last number and the count give
         // every offset: one row back instead of one per event.
@@ -513,6 +658,7 @@ pub(crate) async fn insert_events(
             }
         }
     }
+    note(seen, stamp, events, &seqs);
     Ok(seqs)
 }
 
@@ -540,8 +686,8 @@ pub(crate) async fn last_seq(conn: &mut SqliteConnection) -> Result<u64, Storage
 pub(crate) async fn last_appended(
     conn: &mut SqliteConnection,
 ) -> Result<Option<UnixMillis>, StorageError> {
-    sqlx::query_scalar("SELECT MAX(appended_at) FROM events")
-        .fetch_one(conn)
+    sqlx::query_scalar("SELECT appended_at FROM events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(conn)
         .await
         .map_err(|e| storage_error("read the log's last append time", e))
 }
@@ -668,6 +814,87 @@ mod tests {
             offsets(r.after(7 + RECENT as u64 - 3, 10)).map(|v| v.len()),
             Some(2)
         );
+    }
+
+    /// The search finds what a scan finds, over logs with gaps (removed
+    /// events) and runs of one time.
+    #[test]
+    fn by_time_finds_the_first_event_appended_at_or_after() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _ in 0..500 {
+            // (offset, appended_at), both never decreasing.
+            let mut log: Vec<(u64, UnixMillis)> = Vec::new();
+            let (mut seq, mut at) = (0u64, 100i64);
+            for _ in 0..next(40) {
+                seq += 1 + next(3);
+                at += i64::try_from(next(3)).unwrap_or(0);
+                log.push((seq, at));
+            }
+            let last = seq + next(3);
+            for t in 95..=at + 2 {
+                let mut search = ByTime::new(t, last);
+                let mut probes = 0;
+                while let Some(p) = search.probe() {
+                    probes += 1;
+                    search.found(p, log.iter().copied().find(|&(s, _)| s >= p));
+                }
+                let want = log.iter().find(|&&(_, a)| a >= t).map(|&(s, _)| s);
+                let got = log
+                    .iter()
+                    .find(|&&(s, _)| s >= search.start())
+                    .map(|&(s, _)| s);
+                assert_eq!(got, want, "t {t} in {log:?}");
+                if let Some(&(s, _)) = log.iter().rev().find(|&&(_, a)| a < t) {
+                    assert!(search.start() > s, "t {t} in {log:?}");
+                }
+                assert!(probes <= 8, "{probes} probes");
+            }
+        }
+    }
+
+    /// A clock that steps back does not make the log go back in time:
+    /// reading by time and expiring by age still find every event.
+    #[tokio::test]
+    async fn a_clock_stepping_back_keeps_the_log_in_time_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clock = Clock::manual(1_000_000);
+        let store = SqliteStore::open(&manual_config(&dir, &clock))
+            .await
+            .expect("open");
+        let window = 60_000;
+        store
+            .append(vec![new_event("a")], window)
+            .await
+            .expect("append");
+        clock.advance(-10_000);
+        store
+            .append(vec![new_event("b")], window)
+            .await
+            .expect("append");
+        clock.advance(20_000);
+        store
+            .append(vec![new_event("c")], window)
+            .await
+            .expect("append");
+        let ids = |log: Vec<Event>| log.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        let from = |t| store.read(ReadFrom::Time(t), 10);
+        assert_eq!(ids(from(1_000_000).await.expect("read")), ["a", "b", "c"]);
+        assert_eq!(ids(from(1_000_001).await.expect("read")), ["c"]);
+        assert_eq!(
+            ids(from(1_010_001).await.expect("read")),
+            Vec::<String>::new()
+        );
+
+        let trimmed = store.trim(Some(1_000_001), None, &[]).await.expect("trim");
+        assert_eq!(trimmed.expired, 2);
+        assert_eq!(ids(from(0).await.expect("read")), ["c"]);
+        store.close().await;
     }
 
     fn new_event(id: &str) -> NewEvent {

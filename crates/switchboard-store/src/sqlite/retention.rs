@@ -6,6 +6,7 @@ use switchboard_bus::{Pattern, Trimmed};
 use switchboard_core::{StorageError, UnixMillis};
 
 use super::SqliteStore;
+use super::events::first_appended_since;
 use crate::storage_error;
 
 /// Rows removed per statement, so a trim never holds the writer long.
@@ -21,12 +22,18 @@ impl SqliteStore {
         let ctx = |e| storage_error("trim the log", e);
         let mut out = Trimmed::default();
         if let Some(cutoff) = appended_before {
+            // Every event before `end` was appended before the cutoff
+            // (`appended_at` never decreases along the log).
+            let end = {
+                let mut conn = self.reader.acquire().await.map_err(ctx)?;
+                first_appended_since(&mut conn, cutoff).await?
+            };
             loop {
                 let done = sqlx::query(
                     "DELETE FROM events WHERE seq IN \
-                     (SELECT seq FROM events WHERE appended_at < ?1 ORDER BY seq LIMIT ?2)",
+                     (SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2)",
                 )
-                .bind(cutoff)
+                .bind(i64::try_from(end).unwrap_or(i64::MAX))
                 .bind(CHUNK)
                 .execute(&mut *self.writer.lock().await?)
                 .await

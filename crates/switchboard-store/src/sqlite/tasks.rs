@@ -67,6 +67,7 @@ const APPLY: &str = "BEGIN; \
 fn events_json(
     events: &[switchboard_bus::NewEvent],
     now: UnixMillis,
+    stamp: UnixMillis,
 ) -> Result<String, StorageError> {
     /// One event's columns.
     #[derive(serde::Serialize)]
@@ -96,7 +97,7 @@ fn events_json(
                 topic: &e.topic,
                 subject: e.subject.as_deref(),
                 time: e.time.unwrap_or(now),
-                appended_at: now,
+                appended_at: stamp,
                 datacontenttype: &e.datacontenttype,
                 data: row.data,
                 extensions: row.extensions,
@@ -127,15 +128,9 @@ impl TaskStore for SqliteStore {
             serde_json::to_string(&changes.tasks).map_err(|e| corrupt("encode tasks", e))?;
         let workflows = serde_json::to_string(&changes.workflows)
             .map_err(|e| corrupt("encode workflows", e))?;
-        let events = events_json(&changes.events, now)?;
         let mut conn = self.writer.lock().await?;
-        self.seen.note(
-            now,
-            changes
-                .events
-                .iter()
-                .map(|e| (e.source.as_str(), e.id.as_str())),
-        );
+        let stamp = self.seen.stamp();
+        let events = events_json(&changes.events, now, stamp)?;
         let rows = sqlx::query(APPLY)
             .bind(tasks)
             .bind(workflows)
@@ -156,6 +151,14 @@ impl TaskStore for SqliteStore {
             // the window of fresh events, the dispatcher need not read them
             // back.
             if let Some(offsets) = consecutive(last, changes.events.len() as u64) {
+                self.seen.note(
+                    stamp,
+                    changes
+                        .events
+                        .iter()
+                        .zip(offsets.clone())
+                        .map(|(e, offset)| (e.source.as_str(), e.id.as_str(), offset)),
+                );
                 self.recent.push(
                     changes
                         .events
