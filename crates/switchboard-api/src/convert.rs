@@ -306,6 +306,44 @@ fn write_cloud_event(out: &mut Vec<u8>, e: &bus::Event) {
     out.push(b'}');
 }
 
+/// The answer to a publish, `{"op":"published","ref":…,"events":[…]}`,
+/// written directly: the same bytes `serde_json` writes for a struct of
+/// these fields holding [`published`] of each event, without a copy of
+/// each id and topic.
+pub(crate) fn published_frame(reference: Option<&str>, accepted: &[bus::Accepted]) -> String {
+    let mut out = Vec::with_capacity(48 + 80 * accepted.len());
+    out.extend_from_slice(b"{\"op\":\"published\",\"ref\":");
+    match reference {
+        Some(r) => json_str(&mut out, r),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"events\":[");
+    for (i, a) in accepted.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match a {
+            bus::Accepted::Stored(e) => {
+                out.extend_from_slice(b"{\"id\":");
+                json_str(&mut out, &e.id);
+                out.extend_from_slice(b",\"topic\":");
+                json_str(&mut out, &e.topic);
+                out.extend_from_slice(b",\"offset\":");
+                // Writing to a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut out, &e.offset);
+                out.push(b'}');
+            }
+            // Rare: through serde.
+            scheduled @ bus::Accepted::Scheduled(_) => {
+                let _ = serde_json::to_writer(&mut out, &published(scheduled.clone()));
+            }
+        }
+    }
+    out.extend_from_slice(b"]}");
+    // Only UTF-8 text was written.
+    String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
+}
+
 /// A JSON value as `serde_json` writes it (compact), strings through
 /// [`json_str`].
 fn json_value(out: &mut Vec<u8>, v: &serde_json::Value) {
@@ -576,6 +614,43 @@ mod tests {
             assert_eq!(&*cloud_event_json(&e), wire);
             let back: wire::CloudEvent = serde_json::from_str(&wire).expect("parse");
             assert_eq!(back.offset, e.is_logged().then_some(e.offset));
+        }
+    }
+
+    /// The answer to a publish written directly is serde's, byte for byte.
+    #[test]
+    fn published_frame_is_what_serde_writes() {
+        #[derive(serde::Serialize)]
+        struct Answer<'a> {
+            op: &'static str,
+            #[serde(rename = "ref")]
+            reference: Option<&'a str>,
+            events: Vec<wire::Published>,
+        }
+        let mut quoted = event(7, None, None, json!({}));
+        quoted.id = "a \"quoted\" \\ id\n".into();
+        quoted.topic = "t\u{1}".into();
+        let accepted = [
+            bus::Accepted::Stored(std::sync::Arc::new(event(42, None, None, json!({})))),
+            bus::Accepted::Scheduled(bus::Scheduled {
+                id: "later".into(),
+                source: "/s".into(),
+                topic: "a.b".into(),
+                due_at: 1_736_942_400_123,
+            }),
+            bus::Accepted::Stored(std::sync::Arc::new(quoted)),
+            bus::Accepted::Stored(std::sync::Arc::new(event(u64::MAX, None, None, json!({})))),
+        ];
+        for reference in [None, Some("r-1"), Some("q\"uote")] {
+            for n in [0, 1, accepted.len()] {
+                let answer = Answer {
+                    op: "published",
+                    reference,
+                    events: accepted[..n].iter().cloned().map(published).collect(),
+                };
+                let want = serde_json::to_string(&answer).expect("serde");
+                assert_eq!(published_frame(reference, &accepted[..n]), want);
+            }
         }
     }
 }

@@ -1089,11 +1089,9 @@ impl Conn {
                         Err(e) => Err(e),
                     };
                     match published {
-                        Ok(stored) => text(&json!({
-                            "op": "published",
-                            "ref": r,
-                            "events": stored.into_iter().map(convert::published).collect::<Vec<_>>(),
-                        })),
+                        Ok(stored) => {
+                            Message::Text(Utf8Bytes::from(convert::published_frame(r, &stored)))
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "publish over websocket failed");
                             error_frame(
