@@ -452,26 +452,25 @@ fn load_keys(
     let mut rows = stmt
         .query([i64::try_from(from).unwrap_or(i64::MAX)])
         .map_err(ctx)?;
-    let mut keys: Vec<(String, String, u64, UnixMillis)> = Vec::new();
+    let mut loading = seen.loading(missing);
+    let mut n = 0u64;
     while let Some(row) = rows.next().map_err(ctx)? {
         let appended: UnixMillis = row.get(3).map_err(ctx)?;
         if appended >= missing.until {
             break;
         }
         let seq: i64 = row.get(0).map_err(ctx)?;
-        keys.push((
-            row.get(1).map_err(ctx)?,
-            row.get(2).map_err(ctx)?,
+        let text = |i| row.get_ref(i).and_then(|v| Ok(v.as_str()?)).map_err(ctx);
+        loading.add(
+            text(1)?,
+            text(2)?,
             u64::try_from(seq).unwrap_or(0),
             appended,
-        ));
+        );
+        n += 1;
     }
-    tracing::debug!(keys = keys.len(), "deduplication keys loaded from the log");
-    seen.load(
-        missing,
-        keys.iter()
-            .map(|(source, id, offset, at)| (source.as_str(), id.as_str(), *offset, *at)),
-    );
+    seen.loaded(loading);
+    tracing::debug!(keys = n, "deduplication keys loaded from the log");
     Ok(())
 }
 

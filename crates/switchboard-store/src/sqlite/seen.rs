@@ -213,25 +213,25 @@ impl Seen {
         Ok(found)
     }
 
-    /// Holds the events of the log appended within `missing`:
-    /// `(source, id, offset, appended_at)`, every one of them.
-    pub(crate) fn load<'a>(
-        &self,
-        missing: Missing,
-        events: impl IntoIterator<Item = (&'a str, &'a str, u64, UnixMillis)>,
-    ) {
-        let mut keys = self.keys();
-        let mut loaded = Generation::new(missing.since);
-        for (source, id, offset, at) in events {
-            loaded.newest = loaded.newest.max(at);
-            loaded.insert(keys.hasher.hash_one((source, id)), offset);
+    /// Starts loading the events of the log appended within `missing`.
+    pub(crate) fn loading(&self, missing: Missing) -> Loading {
+        Loading {
+            hasher: self.keys().hasher.clone(),
+            missing,
+            loaded: Generation::new(missing.since),
         }
+    }
+
+    /// Holds what was loaded, which must be every event appended within
+    /// its `missing`.
+    pub(crate) fn loaded(&self, loading: Loading) {
+        let mut keys = self.keys();
         // Only a load of exactly what was missing makes the keys complete
         // further back (one writer at a time loads, so nothing moved).
-        if keys.complete_since == missing.until {
-            keys.complete_since = missing.since;
+        if keys.complete_since == loading.missing.until {
+            keys.complete_since = loading.missing.since;
         }
-        keys.generations.push_front(loaded);
+        keys.generations.push_front(loading.loaded);
     }
 
     /// How many keys are held.
@@ -242,6 +242,25 @@ impl Seen {
             .iter()
             .map(|g| g.keys.len() + g.more.len())
             .sum()
+    }
+}
+
+/// Keys being loaded from the log (see [`Seen::loading`]), one event at a
+/// time, so that no copy of the events is held meanwhile.
+#[derive(Debug)]
+pub(crate) struct Loading {
+    hasher: RandomState,
+    missing: Missing,
+    loaded: Generation,
+}
+
+impl Loading {
+    /// One event of the log: `(source, id)`, its offset and when it was
+    /// appended.
+    pub(crate) fn add(&mut self, source: &str, id: &str, offset: u64, appended_at: UnixMillis) {
+        self.loaded.newest = self.loaded.newest.max(appended_at);
+        let hash = self.hasher.hash_one((source, id));
+        self.loaded.insert(hash, offset);
     }
 }
 
@@ -327,10 +346,10 @@ mod tests {
             until: 99_001,
         };
         assert_eq!(seen.copies([("/s", "old", since)]), Err(missing));
-        seen.load(
-            missing,
-            [("/s", "old", 7, 98_000), ("/s", "older", 6, 50_000)],
-        );
+        let mut loading = seen.loading(missing);
+        loading.add("/s", "old", 7, 98_000);
+        loading.add("/s", "older", 6, 50_000);
+        seen.loaded(loading);
         assert_eq!(seen.copies([("/s", "old", since)]), Ok(vec![7]));
         assert_eq!(seen.copies([("/s", "new", since)]), Ok(vec![]));
         // A longer window than any before asks for what lies before.
