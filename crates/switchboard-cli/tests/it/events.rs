@@ -497,6 +497,7 @@ async fn acknowledged_events_survive_kill_9_exactly_once() {
         .expect("respawn");
     let client = hub.client().expect("client");
     let mut stored = Vec::new();
+    let mut offsets = std::collections::HashMap::new();
     let mut after = 0;
     loop {
         let page = client
@@ -511,7 +512,10 @@ async fn acknowledged_events_survive_kill_9_exactly_once() {
             break;
         }
         after = page.next_after;
-        stored.extend(page.events.into_iter().map(|e| e.id));
+        for e in page.events {
+            offsets.insert(e.id.clone(), e.offset);
+            stored.push(e.id);
+        }
     }
     let mut unique = stored.clone();
     unique.sort();
@@ -524,6 +528,34 @@ async fn acknowledged_events_survive_kill_9_exactly_once() {
         );
     }
     assert!(acked.len() >= 200, "only {} acknowledged", acked.len());
+
+    // A publisher retrying after the crash gets the stored copies: the
+    // restarted hub knows the ids of its window from the log.
+    let retried: Vec<&String> = acked
+        .iter()
+        .take(3)
+        .chain(acked.iter().rev().take(3))
+        .collect();
+    for id in retried {
+        let e = switchboard_wire::PublishEvent {
+            topic: Some("crash.test".into()),
+            id: Some(id.clone()),
+            ..Default::default()
+        };
+        let ack = client.publish(&[e]).await.expect("retry");
+        let offset = ack.events[0].offset;
+        assert!(offset.is_some(), "retry of {id} answered without an offset");
+        assert_eq!(offset, offsets.get(id).copied().flatten(), "retry of {id}");
+    }
+    let page = client
+        .read_events(&EventQuery {
+            from: From::After(after),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await
+        .expect("read");
+    assert!(page.events.is_empty(), "a retry was stored again");
 }
 
 #[tokio::test]
