@@ -107,21 +107,10 @@ fn published_transient(
     reference: Option<&str>,
     delivered: impl Iterator<Item = (Arc<switchboard_bus::Event>, u32)>,
 ) -> Message {
-    #[derive(serde::Serialize)]
-    struct Answer<'a> {
-        op: &'static str,
-        #[serde(rename = "ref")]
-        reference: Option<&'a str>,
-        events: Vec<switchboard_wire::Published>,
-    }
-    let answer = Answer {
-        op: "published",
+    Message::Text(Utf8Bytes::from(convert::published_answer(
         reference,
-        events: delivered.map(convert::delivered).collect(),
-    };
-    Message::Text(Utf8Bytes::from(
-        serde_json::to_string(&answer).unwrap_or_else(|_| "{}".to_owned()),
-    ))
+        delivered.map(convert::delivered).collect(),
+    )))
 }
 
 /// The refusal of a quiet publish that is not transient: a logged publish

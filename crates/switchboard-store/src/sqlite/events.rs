@@ -323,7 +323,7 @@ impl AppendWrite {
             // New events, first occurrence in the batch only.
             let mut first: HashMap<(&str, &str), usize> = HashMap::new();
             let mut fresh: Vec<&NewEvent> = Vec::new();
-            for (at, (source, id, since)) in keys().enumerate() {
+            for (at, (e, (source, id, since))) in events().zip(keys()).enumerate() {
                 let key = (source, id);
                 let copy = earlier
                     .get(&key)
@@ -334,12 +334,8 @@ impl AppendWrite {
                     plan.push(Answer::Repeat(before));
                 } else {
                     first.insert(key, at);
-                    plan.push(Answer::Fresh(0));
-                }
-            }
-            for (e, answer) in events().zip(&plan) {
-                if matches!(answer, Answer::Fresh(_)) {
                     fresh.push(e);
+                    plan.push(Answer::Fresh(0));
                 }
             }
             let stamp = self.seen.stamp();

@@ -51,23 +51,22 @@ const APPLY: &str = "BEGIN; \
         updated_at = excluded.updated_at, doc = excluded.doc; \
     WITH r(k, c) AS MATERIALIZED ( \
       SELECT key, json_extract(value, '$.id', '$.source', '$.type', '$.topic', '$.subject', \
-               '$.time', '$.appended_at', '$.datacontenttype', '$.data', '$.extensions', \
-               '$.size', '$.key') \
+               '$.time', '$.datacontenttype', '$.data', '$.extensions', '$.size', '$.key') \
       FROM json_each(?3)) \
     INSERT INTO events (id, source, type, topic, subject, time, appended_at, datacontenttype, \
                         data, extensions, size, key) \
-      SELECT c ->> 0, c ->> 1, c ->> 2, c ->> 3, c ->> 4, c ->> 5, c ->> 6, c ->> 7, \
-             c ->> 8, c ->> 9, c ->> 10, c ->> 11 \
+      SELECT c ->> 0, c ->> 1, c ->> 2, c ->> 3, c ->> 4, c ->> 5, ?4, c ->> 6, \
+             c ->> 7, c ->> 8, c ->> 9, c ->> 10 \
       FROM r ORDER BY k; \
     SELECT seq FROM sqlite_sequence WHERE name = 'events'; \
     COMMIT;";
 
 /// The events as the JSON array [`APPLY`] takes: each row's columns, with
-/// `data` and `extensions` as the JSON text they are stored as.
+/// `data` and `extensions` as the JSON text they are stored as, but for
+/// `appended_at`, bound on its own (`?4`) once the writer is held.
 fn events_json(
     events: &[switchboard_bus::NewEvent],
     now: UnixMillis,
-    stamp: UnixMillis,
 ) -> Result<String, StorageError> {
     /// One event's columns.
     #[derive(serde::Serialize)]
@@ -79,7 +78,6 @@ fn events_json(
         topic: &'a str,
         subject: Option<&'a str>,
         time: UnixMillis,
-        appended_at: UnixMillis,
         datacontenttype: &'a str,
         data: Option<String>,
         extensions: String,
@@ -97,7 +95,6 @@ fn events_json(
                 topic: &e.topic,
                 subject: e.subject.as_deref(),
                 time: e.time.unwrap_or(now),
-                appended_at: stamp,
                 datacontenttype: &e.datacontenttype,
                 data: row.data,
                 extensions: row.extensions,
@@ -128,13 +125,15 @@ impl TaskStore for SqliteStore {
             serde_json::to_string(&changes.tasks).map_err(|e| corrupt("encode tasks", e))?;
         let workflows = serde_json::to_string(&changes.workflows)
             .map_err(|e| corrupt("encode workflows", e))?;
+        let events = events_json(&changes.events, now)?;
         let mut conn = self.writer.lock().await?;
+        // Stamped while the writer is held (see `Seen::stamp`).
         let stamp = self.seen.stamp();
-        let events = events_json(&changes.events, now, stamp)?;
         let rows = sqlx::query(APPLY)
             .bind(tasks)
             .bind(workflows)
             .bind(events)
+            .bind(stamp)
             .fetch_all(&mut *conn)
             .await;
         let rows = match rows {
