@@ -384,6 +384,91 @@ async fn send_burst(ws: &mut Ws, frames: &[Value]) {
 }
 
 #[tokio::test]
+async fn logged_publishes_read_together_are_each_answered_as_if_sent_alone() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut ws = connect(&hub).await;
+    let one = |r: &str, id: &str, i: i64| {
+        json!({"op": "publish", "ref": r,
+               "event": {"id": id, "source": "burst", "topic": "burst.x", "data": {"i": i}}})
+    };
+    // One write: plain publishes, a batch, a refused one, a repeat of an
+    // earlier frame's event, a held one, a quiet one (refused: logged
+    // publishes are answered), and a ping.
+    let mut frames: Vec<Value> = (0..20)
+        .map(|i| one(&format!("r{i}"), &format!("e{i}"), i))
+        .collect();
+    frames.push(json!({"op": "publish", "ref": "batch", "events": [
+        {"id": "b0", "source": "burst", "topic": "burst.x", "data": {"i": 20}},
+        {"id": "b1", "source": "burst", "topic": "burst.x", "data": {"i": 21}},
+    ]}));
+    frames.push(json!({"op": "publish", "ref": "bad",
+        "event": {"id": "x", "source": "burst", "topic": "burst..x"}}));
+    frames.push(one("again", "e5", 5));
+    frames.push(json!({"op": "publish", "ref": "held",
+        "event": {"id": "h", "source": "burst", "topic": "burst.x", "delayms": 60000}}));
+    frames.push(json!({"op": "publish", "ref": "hush", "quiet": true,
+        "event": {"id": "q", "source": "burst", "topic": "burst.x"}}));
+    frames.push(one("last", "e22", 22));
+    frames.push(json!({"op": "ping"}));
+    send_burst(&mut ws, &frames).await;
+
+    let offsets = expect_published(&mut ws, "r", 20).await;
+    let batch = recv(&mut ws).await;
+    assert_eq!(batch["ref"], "batch", "{batch}");
+    let batch_offsets: Vec<u64> = batch["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1])
+            && offsets[19] < batch_offsets[0]
+            && batch_offsets[0] < batch_offsets[1],
+        "each frame has its own offsets, in frame order: {offsets:?} {batch}"
+    );
+    let bad = recv(&mut ws).await;
+    assert_eq!(
+        (bad["op"].clone(), bad["ref"].clone(), bad["code"].clone()),
+        (json!("error"), json!("bad"), json!("VALIDATION_FAILED")),
+        "{bad}"
+    );
+    assert_eq!(bad["errors"][0]["field"], "topic", "{bad}");
+    let again = recv(&mut ws).await;
+    assert_eq!(
+        (again["ref"].clone(), again["events"][0]["offset"].clone()),
+        (json!("again"), json!(offsets[5])),
+        "a repeat is answered with the first copy: {again}"
+    );
+    let held = recv(&mut ws).await;
+    assert_eq!(held["ref"], "held", "{held}");
+    assert!(held["events"][0]["scheduled_for"].is_string(), "{held}");
+    let hush = recv(&mut ws).await;
+    assert_eq!(
+        (hush["ref"].clone(), hush["code"].clone()),
+        (json!("hush"), json!("VALIDATION_FAILED")),
+        "{hush}"
+    );
+    let last = recv(&mut ws).await;
+    assert_eq!(last["ref"], "last", "{last}");
+    let last_offset = last["events"][0]["offset"].as_u64().expect("offset");
+    assert!(last_offset > batch_offsets[1], "{last}");
+    assert_eq!(recv(&mut ws).await["op"], "pong");
+
+    // The log holds each event once, in frame order.
+    let page = hub
+        .get_json("/api/v1/events?topic=burst.x&after=0&limit=100")
+        .await;
+    let got: Vec<i64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["data"]["i"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(got, (0..23).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn transient_publishes_reach_live_subscribers_and_are_never_logged() {
     let hub = TestHub::start().await.expect("hub");
     let mut sub = connect(&hub).await;

@@ -475,13 +475,24 @@ fn load_keys(
 const INSERT_INTO: &str = "INSERT INTO events (id, source, type, topic, subject, time, \
      appended_at, datacontenttype, data, extensions, size, key) ";
 
-/// Inserts one event (see [`INSERT_INTO`]). Built once.
-static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
-    format!("{INSERT_INTO}VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")
+/// Rows per prepared insert on the direct connection, largest first. A
+/// batch goes in as few statements as these sizes allow: SQLite writes
+/// the log's `AUTOINCREMENT` counter back once per statement, so one
+/// statement per event cost one more write per event.
+const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
+
+/// An insert of `INSERT_ROWS[i]` events (see [`INSERT_INTO`]) for each
+/// `i`. Built once; prepared once per connection (cached).
+static INSERT_MANY: LazyLock<[String; 4]> = LazyLock::new(|| {
+    INSERT_ROWS.map(|rows| {
+        let row = format!("({})", ["?"; 12].join(", "));
+        format!("{INSERT_INTO}VALUES {}", vec![row; rows].join(", "))
+    })
 });
 
-/// [`insert_events`] on the direct connection: one prepared insert run
-/// once per event, on this thread.
+/// [`insert_events`] on the direct connection, on this thread: the events
+/// in as few multi-row statements as [`INSERT_ROWS`] allows, each
+/// prepared once.
 fn insert_direct(
     seen: &Seen,
     tx: &rusqlite::Transaction<'_>,
@@ -490,35 +501,55 @@ fn insert_direct(
     stamp: UnixMillis,
 ) -> Result<Vec<u64>, StorageError> {
     let ctx = "append events";
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut stmt = tx
-        .prepare_cached(&INSERT_ONE)
-        .map_err(|e| direct_error(ctx, e))?;
-    let seqs = events
-        .iter()
-        .map(|e| {
+    let err = |e| direct_error(ctx, e);
+    let mut seqs = Vec::with_capacity(events.len());
+    let mut rest = events;
+    while !rest.is_empty() {
+        // The last size is 1, so one always fits.
+        let size = INSERT_ROWS
+            .iter()
+            .position(|&rows| rows <= rest.len())
+            .unwrap_or(INSERT_ROWS.len() - 1);
+        let (chunk, after) = rest.split_at(INSERT_ROWS[size].min(rest.len()));
+        let mut stmt = tx.prepare_cached(&INSERT_MANY[size]).map_err(err)?;
+        let mut at = 1;
+        for e in chunk {
             let row = event_row(e);
-            let seq = stmt
-                .insert(rusqlite::params![
-                    e.id,
-                    e.source,
-                    e.event_type,
-                    e.topic,
-                    e.subject,
-                    e.time.unwrap_or(now),
-                    stamp,
-                    e.datacontenttype,
-                    row.data,
-                    row.extensions,
-                    row.size,
-                    row.key,
-                ])
-                .map_err(|e| direct_error(ctx, e))?;
-            u64::try_from(seq).map_err(|_| corrupt(ctx, format!("offset {seq}")))
-        })
-        .collect::<Result<Vec<u64>, StorageError>>()?;
+            let time = e.time.unwrap_or(now);
+            let values: [&dyn rusqlite::ToSql; 12] = [
+                &e.id,
+                &e.source,
+                &e.event_type,
+                &e.topic,
+                &e.subject,
+                &time,
+                &stamp,
+                &e.datacontenttype,
+                &row.data,
+                &row.extensions,
+                &row.size,
+                &row.key,
+            ];
+            for value in values {
+                stmt.raw_bind_parameter(at, value).map_err(err)?;
+                at += 1;
+            }
+        }
+        let n = stmt.raw_execute().map_err(err)? as u64;
+        // Rows are numbered in the order of VALUES, one after another (one
+        // writer, AUTOINCREMENT).
+        let last = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+        match consecutive(last, n) {
+            Some(offsets) if n == chunk.len() as u64 => seqs.extend(offsets),
+            _ => {
+                return Err(corrupt(
+                    ctx,
+                    format!("{n} rows up to offset {last} for {} events", chunk.len()),
+                ));
+            }
+        }
+        rest = after;
+    }
     note(seen, stamp, events, &seqs);
     Ok(seqs)
 }
