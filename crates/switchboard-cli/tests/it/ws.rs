@@ -305,16 +305,10 @@ async fn pipelined_publishes_are_answered_in_order() {
         "pong",
         "answers keep the order of the frames"
     );
-    let page = hub
-        .get_json("/api/v1/events?topic=pipe.line&after=0&limit=1000")
-        .await;
-    let got: Vec<i64> = page["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["data"]["i"].as_i64().expect("i"))
-        .collect();
-    assert_eq!(got, (0..300).collect::<Vec<_>>());
+    assert_eq!(
+        logged_numbers(&hub, "pipe.line").await,
+        (0..300).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -371,6 +365,19 @@ async fn expect_published(ws: &mut Ws, prefix: &str, n: i64) -> Vec<u64> {
         offsets.push(f["events"][0]["offset"].as_u64().expect("offset"));
     }
     offsets
+}
+
+/// The `data.i` of the first 1,000 events logged on `topic`, in log order.
+async fn logged_numbers(hub: &TestHub, topic: &str) -> Vec<i64> {
+    let page = hub
+        .get_json(&format!("/api/v1/events?topic={topic}&after=0&limit=1000"))
+        .await;
+    page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["data"]["i"].as_i64().expect("i"))
+        .collect()
 }
 
 /// Sends `frames` in one write, so the hub reads them together.
@@ -456,16 +463,10 @@ async fn logged_publishes_read_together_are_each_answered_as_if_sent_alone() {
     assert_eq!(recv(&mut ws).await["op"], "pong");
 
     // The log holds each event once, in frame order.
-    let page = hub
-        .get_json("/api/v1/events?topic=burst.x&after=0&limit=100")
-        .await;
-    let got: Vec<i64> = page["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["data"]["i"].as_i64().expect("i"))
-        .collect();
-    assert_eq!(got, (0..23).collect::<Vec<_>>());
+    assert_eq!(
+        logged_numbers(&hub, "burst.x").await,
+        (0..23).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]

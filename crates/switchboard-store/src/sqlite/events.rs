@@ -539,15 +539,7 @@ fn insert_direct(
         // Rows are numbered in the order of VALUES, one after another (one
         // writer, AUTOINCREMENT).
         let last = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
-        match consecutive(last, n) {
-            Some(offsets) if n == chunk.len() as u64 => seqs.extend(offsets),
-            _ => {
-                return Err(corrupt(
-                    ctx,
-                    format!("{n} rows up to offset {last} for {} events", chunk.len()),
-                ));
-            }
-        }
+        seqs.extend(inserted(last, n, chunk.len())?);
         rest = after;
     }
     note(seen, stamp, events, &seqs);
@@ -674,15 +666,7 @@ pub(crate) async fn insert_events(
                 u64::try_from(n).unwrap_or(0),
             )
         });
-        match consecutive(last, n) {
-            Some(offsets) if n == chunk.len() as u64 => seqs.extend(offsets),
-            _ => {
-                return Err(corrupt(
-                    ctx,
-                    format!("{n} rows up to offset {last} for {} events", chunk.len()),
-                ));
-            }
-        }
+        seqs.extend(inserted(last, n, chunk.len())?);
     }
     note(seen, stamp, events, &seqs);
     Ok(seqs)
@@ -693,6 +677,23 @@ pub(crate) async fn insert_events(
 /// log is `AUTOINCREMENT`. `None` when no `n` offsets end at `last`.
 pub(crate) fn consecutive(last: u64, n: u64) -> Option<std::ops::RangeInclusive<u64>> {
     (n > 0 && last >= n).then(|| last - n + 1..=last)
+}
+
+/// The offsets of the `events` events one insert stored: `n` rows, the
+/// last at `last` (see [`consecutive`]); an error if that is not one row
+/// per event.
+fn inserted(
+    last: u64,
+    n: u64,
+    events: usize,
+) -> Result<std::ops::RangeInclusive<u64>, StorageError> {
+    match consecutive(last, n) {
+        Some(offsets) if n == events as u64 => Ok(offsets),
+        _ => Err(corrupt(
+            "append events",
+            format!("{n} rows up to offset {last} for {events} events"),
+        )),
+    }
 }
 
 /// The last sequence number in the log (0 when empty).
