@@ -8,7 +8,10 @@
 //! `Nats-Msg-Id`, so both do the duplicate check). Patterns, each closed
 //! loop for `--seconds`, then waiting for what is still in flight:
 //! - one connection, [`WINDOW`] publishes in flight (pipelined), one
-//!   message each;
+//!   message each; each client refills its window after settling every
+//!   answer it has already read, and writes the refill at once (the hub's
+//!   client with one flush, async-nats by queueing on its connection,
+//!   which writes what is queued together);
 //! - [`CONNECTIONS`] connections, one publish in flight each (Switchboard
 //!   over WebSocket and over HTTP `POST /api/v1/events`);
 //! - Switchboard only: one connection, [`BATCH_WINDOW`] `publish` frames of
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use hyper::Method;
 use tokio_tungstenite::tungstenite::Message;
@@ -397,7 +400,7 @@ async fn hub_conn(
         if inflight.is_empty() {
             break;
         }
-        let frame = match tokio::time::timeout_at(drain.into(), stream.next()).await {
+        let mut frame = match tokio::time::timeout_at(drain.into(), stream.next()).await {
             Ok(Some(frame)) => frame?,
             Ok(None) => bail!("the hub closed the connection"),
             Err(_) => {
@@ -405,39 +408,61 @@ async fn hub_conn(
                 break;
             }
         };
-        let Message::Text(t) = frame else { continue };
-        let f: hubws::Frame<'_> =
-            serde_json::from_str(t.as_str()).with_context(|| format!("unexpected frame {t}"))?;
-        let answered = f
-            .reference
-            .as_deref()
-            .and_then(|r| r.parse::<u64>().ok())
-            .and_then(|r| inflight.remove(&r));
-        let Some((sent, events)) = answered else {
-            bail!("an answer to no publish in flight: {t}");
-        };
-        let now = Instant::now();
-        match f.op {
-            "published" => {
-                let stored = f.events.map_or(0, |e| e.len() as u64);
-                anyhow::ensure!(
-                    stored == events,
-                    "{events} events published, {stored} acked"
-                );
-                tally.messages += stored;
-                tally.last_ack = now;
-                payload::record(&mut tally.latency, now - sent);
-            }
-            _ => {
-                tally.errors += 1;
-                tally
-                    .first_error
-                    .get_or_insert_with(|| t.as_str().to_owned());
+        // Every answer already read is settled before the window is
+        // refilled, so the frames that replace them go out in one write,
+        // as async-nats writes what is queued on its connection together.
+        loop {
+            settle(&mut tally, &mut inflight, frame)?;
+            match stream.next().now_or_never() {
+                Some(Some(next)) => frame = next?,
+                Some(None) => bail!("the hub closed the connection"),
+                None => break,
             }
         }
     }
     let _ = sink.close().await;
     Ok(tally)
+}
+
+/// Counts the answer `frame` to one of the publishes `inflight`.
+fn settle(
+    tally: &mut Tally,
+    inflight: &mut HashMap<u64, (Instant, u64)>,
+    frame: Message,
+) -> anyhow::Result<()> {
+    let Message::Text(t) = frame else {
+        return Ok(());
+    };
+    let f: hubws::Frame<'_> =
+        serde_json::from_str(t.as_str()).with_context(|| format!("unexpected frame {t}"))?;
+    let answered = f
+        .reference
+        .as_deref()
+        .and_then(|r| r.parse::<u64>().ok())
+        .and_then(|r| inflight.remove(&r));
+    let Some((sent, events)) = answered else {
+        bail!("an answer to no publish in flight: {t}");
+    };
+    let now = Instant::now();
+    match f.op {
+        "published" => {
+            let stored = f.events.map_or(0, |e| e.len() as u64);
+            anyhow::ensure!(
+                stored == events,
+                "{events} events published, {stored} acked"
+            );
+            tally.messages += stored;
+            tally.last_ack = now;
+            payload::record(&mut tally.latency, now - sent);
+        }
+        _ => {
+            tally.errors += 1;
+            tally
+                .first_error
+                .get_or_insert_with(|| t.as_str().to_owned());
+        }
+    }
+    Ok(())
 }
 
 /// Creates the stream `bench.durable` is stored in, once JetStream is up
