@@ -114,6 +114,9 @@ struct Row {
     messages: u64,
     /// The server's CPU time per acknowledged message, in µs.
     cpu_us: Option<f64>,
+    /// The load generator's (this process's) CPU time per acknowledged
+    /// message, in µs.
+    client_us: Option<f64>,
 }
 
 impl Row {
@@ -130,6 +133,10 @@ impl Row {
                 .iter()
                 .all(|r| r.cpu_us.is_some())
                 .then(|| med(|r| r.cpu_us.unwrap_or(0.0))),
+            client_us: runs
+                .iter()
+                .all(|r| r.client_us.is_some())
+                .then(|| med(|r| r.client_us.unwrap_or(0.0))),
         }
     }
 
@@ -143,6 +150,22 @@ impl Row {
         }
         self
     }
+
+    /// With the load generator's CPU time per message, from this
+    /// process's CPU time before and after the phase.
+    fn with_client_cpu(mut self, before: Option<Duration>) -> Row {
+        if let (Some(b), Some(a)) = (before, own_cpu())
+            && self.messages > 0
+        {
+            self.client_us = Some(a.saturating_sub(b).as_secs_f64() * 1e6 / self.messages as f64);
+        }
+        self
+    }
+}
+
+/// This process's CPU time: the load generator's.
+fn own_cpu() -> Option<Duration> {
+    crate::hub::cpu_time(std::process::id())
 }
 
 /// One connection's tally.
@@ -193,6 +216,7 @@ impl Tally {
             unanswered: self.unanswered,
             messages: self.messages,
             cpu_us: None,
+            client_us: None,
         }
     }
 }
@@ -230,17 +254,18 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
          (WAL, `synchronous = normal`, group commit); JetStream once the message is written to its file \
          store (nats-server 2.9 defaults). Latency is publish to acknowledgement, per publish (per frame \
          for batches). Server CPU: the server process's CPU time over the phase (from /proc) per \
-         acknowledged message.\n\n\
-         | pattern | system | acked messages/s | p50 ms | p99 ms | server CPU µs per message | errors | unanswered |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|\n",
+         acknowledged message; load generator CPU: this process's, the same way.\n\n\
+         | pattern | system | acked messages/s | p50 ms | p99 ms | server CPU µs per message | load generator CPU µs per message | errors | unanswered |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         size = payload::SIZE,
         repeat = s.repeat,
     );
     for &case in &cases {
         let Some(r) = med(case) else { continue };
         let cpu = r.cpu_us.map_or("n/a".to_owned(), |c| format!("{c:.1}"));
+        let client = r.client_us.map_or("n/a".to_owned(), |c| format!("{c:.1}"));
         body.push_str(&format!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {cpu} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {cpu} | {client} | {} | {} |\n",
             case.pattern(s.smoke),
             case.system(),
             r.rate,
@@ -289,6 +314,11 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
 
 /// One phase of one case on a fresh server.
 async fn once(case: Case, s: &Settings, phase: Duration) -> anyhow::Result<Row> {
+    let client = own_cpu();
+    Ok(measure(case, s, phase).await?.with_client_cpu(client))
+}
+
+async fn measure(case: Case, s: &Settings, phase: Duration) -> anyhow::Result<Row> {
     let conns = if s.smoke { 4 } else { CONNECTIONS };
     let batch = if s.smoke { 10 } else { BATCH };
     if case.jetstream() {
@@ -330,6 +360,7 @@ async fn once(case: Case, s: &Settings, phase: Duration) -> anyhow::Result<Row> 
             unanswered: 0,
             messages: o.requests.saturating_sub(o.errors),
             cpu_us: None,
+            client_us: None,
         }
         .with_cpu(before, hub.cpu_time()));
     }
