@@ -7,6 +7,8 @@
 //!   callers never match on message text.
 //! - [`Clock`]: where "now" comes from, so timers can be driven in tests.
 //! - [`ident`]: the rule for identifiers (agent ids, types, capabilities).
+//! - [`wake`]: answers handed to the tasks of another thread with one wake
+//!   per thread (the group commit answers many connections at once).
 //!
 //! This crate does no IO and depends on no runtime.
 
@@ -16,6 +18,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod ident;
+pub mod wake;
 
 /// One field of an input that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -213,6 +213,9 @@ impl Thread {
                 };
                 switchboard_gateway::set_serving_thread(self.index);
                 runtime.block_on(async move {
+                    // Answers from the store's threads wake this thread's
+                    // tasks through it, once per batch.
+                    tokio::spawn(switchboard_core::wake::relay());
                     let release = self.release.clone();
                     let _ = tx.send(self.serve().await);
                     release.cancelled().await;

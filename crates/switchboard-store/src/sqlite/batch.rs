@@ -7,7 +7,9 @@
 //! only then answers each caller. No caller is answered before its write is
 //! committed. Under light load a batch is a single item, so nothing waits
 //! for a batch to fill; under heavy load one commit (and one statement)
-//! serves hundreds of writes.
+//! serves hundreds of writes. The answers of one commit are handed over
+//! with one wake per thread whose tasks wait for them
+//! (`switchboard_core::wake`), not one per caller.
 
 use std::future::Future;
 
@@ -15,8 +17,9 @@ use super::Writer;
 use super::writer::{closed, spawn_detached};
 use sqlx::Connection;
 use sqlx::SqliteConnection;
+use switchboard_core::wake::{Answer, Wakes, answer};
 use switchboard_core::{StorageError, StorageErrorKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::storage_error;
 
@@ -62,7 +65,7 @@ pub(crate) trait SqlxWrite: Send + Sync + 'static {
 
 type Pending<W> = (
     <W as BatchWrite>::Item,
-    oneshot::Sender<Result<<W as BatchWrite>::Output, StorageError>>,
+    Answer<Result<<W as BatchWrite>::Output, StorageError>>,
 );
 
 /// The queue of one kind of write. Cheap to clone.
@@ -106,9 +109,9 @@ impl<W: BatchWrite> Batcher<W> {
         &self,
         item: W::Item,
     ) -> Result<impl Future<Output = Result<W::Output, StorageError>> + use<W>, StorageError> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, answered) = answer();
         self.tx.send((item, reply)).await.map_err(|_| closed())?;
-        Ok(async move { answer.await.map_err(|_| closed())? })
+        Ok(async move { answered.await.map_err(|_| closed())? })
     }
 }
 
@@ -123,14 +126,16 @@ async fn run<W: BatchWrite>(writer: Writer, kind: W, mut rx: mpsc::Receiver<Pend
             .and_then(|o| counted(o, n))
         {
             Ok(outputs) => {
+                let mut wakes = Wakes::default();
                 for (reply, out) in replies.into_iter().zip(outputs) {
-                    let _ = reply.send(Ok(out));
+                    reply.send(Ok(out), &mut wakes);
                 }
             }
             Err(error) => {
                 tracing::warn!(%error, items = n, "batched commit failed");
+                let mut wakes = Wakes::default();
                 for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                    reply.send(Err(error.clone()), &mut wakes);
                 }
             }
         }
