@@ -109,6 +109,12 @@ pub(crate) fn parse_any<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Resu
 }
 
 fn deserialize<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+    // At full speed first: tracking the path costs on every field, and it
+    // is only needed to name the one at fault, so a body that fails is
+    // read again with it (the same parser, so it fails the same way).
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let malformed = |e: &serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

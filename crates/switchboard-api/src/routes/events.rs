@@ -4,7 +4,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::Stream;
@@ -52,14 +53,14 @@ pub(crate) async fn publish(
     State(bus): State<Bus>,
     State(auth): State<switchboard_auth::Auth>,
     caller: Caller,
-    headers: HeaderMap,
+    mode: BodyMode,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<PublishAck>), ApiError> {
     let transient = parse_transient(query.as_deref().unwrap_or(""))?;
-    let events = if headers.contains_key("ce-specversion") {
-        vec![convert::binary_event(&headers, &body)?]
-    } else if crate::extract::is_json(headers.get(header::CONTENT_TYPE)) {
+    let events = if let BodyMode::Binary(headers) = &mode {
+        vec![convert::binary_event(headers, &body)?]
+    } else if let BodyMode::Json = mode {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         let given: Vec<PublishEvent> = if first == Some(&b'[') {
             parse_any(&body, "events")?
@@ -95,6 +96,29 @@ pub(crate) async fn publish(
             events: stored.into_iter().map(convert::published).collect(),
         }),
     ))
+}
+
+/// How a publish's body is read, told by its headers: an event in binary
+/// mode (its attributes are the `ce-*` headers, copied), JSON, or neither.
+pub(crate) enum BodyMode {
+    Binary(HeaderMap),
+    Json,
+    Other,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for BodyMode {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let headers = &parts.headers;
+        Ok(if headers.contains_key("ce-specversion") {
+            Self::Binary(headers.clone())
+        } else if crate::extract::is_json(headers.get(header::CONTENT_TYPE)) {
+            Self::Json
+        } else {
+            Self::Other
+        })
+    }
 }
 
 /// The publish's query: `transient` (`true` or `false`) and nothing else.

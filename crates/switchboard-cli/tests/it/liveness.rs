@@ -63,10 +63,14 @@ async fn silent_agent_goes_stale_then_offline_and_comes_back() {
 
     // The list filters in the store, which the sweep writes just after
     // it marks the agent: it may lag the agent's own page by that write.
-    eventually(deadline, "the list of offline agents holds quiet", || async {
-        let offline: Value = hub.get_json("/api/v1/agents?status=offline").await;
-        (offline["total"] == 1 && offline["agents"][0]["id"] == "quiet").then_some(())
-    })
+    eventually(
+        deadline,
+        "the list of offline agents holds quiet",
+        || async {
+            let offline: Value = hub.get_json("/api/v1/agents?status=offline").await;
+            (offline["total"] == 1 && offline["agents"][0]["id"] == "quiet").then_some(())
+        },
+    )
     .await
     .expect("listed offline");
 
