@@ -1,7 +1,8 @@
 //! The request context: the correlation id and path of the request being
 //! answered, reachable from anywhere inside its handling.
 //!
-//! The [`layer`] middleware takes the correlation id from `X-Correlation-Id`
+//! [`scoped`] (run by the middleware stack for every route, and by the
+//! gateway's fast path) takes the correlation id from `X-Correlation-Id`
 //! (or `X-Request-Id`) when the client sent a usable one, makes one
 //! otherwise, echoes it in the response, and makes it available to
 //! [`current`] for the whole request (a task-local, so error bodies built
@@ -11,7 +12,6 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 
 /// The response header carrying the correlation id.
@@ -56,8 +56,8 @@ fn correlation_id(headers: &HeaderMap) -> Arc<str> {
         )
 }
 
-/// Runs `f` with the context of `req` (made as [`layer`] makes it) and
-/// echoes the correlation id on its answer.
+/// Runs `f` with the context of `req` and echoes the correlation id on
+/// its answer.
 pub(crate) async fn scoped<F, Fut>(mut req: Request, f: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
@@ -70,21 +70,6 @@ where
     req.extensions_mut().insert(ctx.clone());
     let id = ctx.correlation_id.clone();
     let mut resp = CONTEXT.scope(ctx, f(req)).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(CORRELATION_ID, v);
-    }
-    resp
-}
-
-/// The middleware: sets the context for the request and echoes the id.
-pub(crate) async fn layer(mut req: Request, next: Next) -> Response {
-    let ctx = RequestContext {
-        correlation_id: correlation_id(req.headers()),
-        path: Arc::from(req.uri().path()),
-    };
-    req.extensions_mut().insert(ctx.clone());
-    let id = ctx.correlation_id.clone();
-    let mut resp = CONTEXT.scope(ctx, next.run(req)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(CORRELATION_ID, v);
     }
