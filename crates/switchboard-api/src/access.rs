@@ -15,14 +15,17 @@
 //! handlers, which know the resource, through [`Caller`].
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use switchboard_auth::{
@@ -31,6 +34,7 @@ use switchboard_auth::{
 use switchboard_bus::{Bus, NewEvent};
 use switchboard_core::FieldError;
 use switchboard_telemetry::Metrics;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorCode};
@@ -432,24 +436,70 @@ fn rate_headers(resp: &mut Response, d: &Decision) {
     h.insert(RESET, HeaderValue::from(d.reset_s));
 }
 
-/// The middleware, run on every matched route (a route layer), in order:
-/// find the rule, authenticate, count against the rate limit, authorize,
-/// run the handler, add the rate limit headers, audit.
-pub(crate) async fn guard(State(access): State<Access>, mut req: Request, next: Next) -> Response {
+/// The access layer, run on every matched route (a route layer), in
+/// order: find the rule, authenticate, count against the rate limit,
+/// authorize, run the handler, add the rate limit headers, audit.
+#[derive(Clone)]
+pub(crate) struct Guard(pub(crate) Access);
+
+impl<S> Layer<S> for Guard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            access: self.0.clone(),
+        }
+    }
+}
+
+/// A route behind [`Guard`].
+#[derive(Clone)]
+pub(crate) struct Guarded<S> {
+    inner: S,
+    access: Access,
+}
+
+impl<S> Service<Request> for Guarded<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let (inner, access) = (self.inner.clone(), self.access.clone());
+        Box::pin(async move { Ok(guard(&access, inner, req).await) })
+    }
+}
+
+async fn guard<S>(access: &Access, inner: S, mut req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
     let rule = access.policies.get(req.method(), &route);
-    let admitted = match admit(&access, &Head::of(&req), route, rule).await {
+    let admitted = match admit(access, &Head::of(&req), route, rule).await {
         Ok(a) => a,
         Err(resp) => return resp,
     };
     req.extensions_mut()
         .insert(Caller(admitted.principal.clone()));
-    let resp = next.run(req).await;
-    finish(&access, admitted, resp).await
+    let resp = match inner.oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    };
+    finish(access, admitted, resp).await
 }
 
 /// A request let through: who it is, what the rate limit said, and what

@@ -267,7 +267,7 @@ pub fn front(state: AppState) -> Front {
         }
     };
     let router = routes
-        .route_layer(axum::middleware::from_fn_with_state(access, access::guard))
+        .route_layer(access::Guard(access))
         .layer(Extension(OpenApiJson(doc.into())))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)

@@ -14,7 +14,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use switchboard_telemetry::{HttpLabels, Metrics};
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::context;
 use crate::error::ApiError;
@@ -126,15 +126,12 @@ where
 }
 
 /// The route's answer to `req` within `limit`; a panic answers 500.
-async fn answer<S>(mut inner: S, req: Request, limit: Duration) -> Response
+async fn answer<S>(inner: S, req: Request, limit: Duration) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let answering = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
-        Ok(f) => f,
-        Err(panic) => return panic_response(panic),
-    };
-    match tokio::time::timeout(limit, AssertUnwindSafe(answering).catch_unwind()).await {
+    let answering = AssertUnwindSafe(inner.oneshot(req)).catch_unwind();
+    match tokio::time::timeout(limit, answering).await {
         Ok(Ok(Ok(resp))) => resp,
         Ok(Ok(Err(never))) => match never {},
         Ok(Err(panic)) => panic_response(panic),
