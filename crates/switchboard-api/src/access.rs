@@ -18,10 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
@@ -34,10 +32,11 @@ use switchboard_auth::{
 use switchboard_bus::{Bus, NewEvent};
 use switchboard_core::FieldError;
 use switchboard_telemetry::Metrics;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorCode};
+use crate::middleware::Around;
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,40 +441,14 @@ fn rate_headers(resp: &mut Response, d: &Decision) {
 #[derive(Clone)]
 pub(crate) struct Guard(pub(crate) Access);
 
-impl<S> Layer<S> for Guard {
-    type Service = Guarded<S>;
-
-    fn layer(&self, inner: S) -> Guarded<S> {
-        Guarded {
-            inner,
-            access: self.0.clone(),
-        }
-    }
-}
-
-/// A route behind [`Guard`].
-#[derive(Clone)]
-pub(crate) struct Guarded<S> {
-    inner: S,
-    access: Access,
-}
-
-impl<S> Service<Request> for Guarded<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let (inner, access) = (self.inner.clone(), self.access.clone());
-        Box::pin(async move { Ok(guard(&access, inner, req).await) })
+impl Around for Guard {
+    fn around<S>(&self, inner: S, req: Request) -> impl Future<Output = Response> + Send + 'static
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let access = self.0.clone();
+        async move { guard(&access, inner, req).await }
     }
 }
 

@@ -267,7 +267,7 @@ pub fn front(state: AppState) -> Front {
         }
     };
     let router = routes
-        .route_layer(access::Guard(access))
+        .route_layer(middleware::Wrap(access::Guard(access)))
         .layer(Extension(OpenApiJson(doc.into())))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)

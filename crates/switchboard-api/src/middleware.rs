@@ -31,7 +31,7 @@ use crate::state::ApiConfig;
 /// 4. the request timeout;
 /// 5. the body limit, read by the JSON extractor.
 ///
-/// The first four are one service ([`Stack`]): as separate layers, each
+/// The first four are one [`Around`] (`Stack`): as separate layers, each
 /// cloned the rest of the stack, route included, and boxed it and its own
 /// future, for every request.
 pub(crate) fn stack<S: Clone + Send + Sync + 'static>(
@@ -41,43 +41,49 @@ pub(crate) fn stack<S: Clone + Send + Sync + 'static>(
 ) -> Router<S> {
     router.layer(
         ServiceBuilder::new()
-            .layer(StackLayer {
+            .layer(Wrap(Stack {
                 metrics,
                 timeout: config.request_timeout,
-            })
+            }))
             .layer(DefaultBodyLimit::max(config.max_body_bytes)),
     )
 }
 
-#[derive(Clone)]
-struct StackLayer {
-    metrics: Metrics,
-    timeout: Duration,
+/// What runs around every request of a route: given a clone of the
+/// route's service, answers the request. [`Wrap`] makes it a layer whose
+/// service clones the route once and boxes one future per request.
+pub(crate) trait Around: Clone + Send + Sync + 'static {
+    fn around<S>(&self, inner: S, req: Request) -> impl Future<Output = Response> + Send + 'static
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static;
 }
 
-impl<S> Layer<S> for StackLayer {
-    type Service = Stack<S>;
+/// The layer of an [`Around`].
+#[derive(Clone)]
+pub(crate) struct Wrap<W>(pub(crate) W);
 
-    fn layer(&self, inner: S) -> Stack<S> {
-        Stack {
+impl<W: Clone, S> Layer<S> for Wrap<W> {
+    type Service = Wrapped<W, S>;
+
+    fn layer(&self, inner: S) -> Wrapped<W, S> {
+        Wrapped {
+            around: self.0.clone(),
             inner,
-            metrics: self.metrics.clone(),
-            timeout: self.timeout,
         }
     }
 }
 
-/// The correlation id, metrics, the panic catcher and the timeout around
-/// one route.
+/// A route's service inside an [`Around`].
 #[derive(Clone)]
-pub(crate) struct Stack<S> {
+pub(crate) struct Wrapped<W, S> {
+    around: W,
     inner: S,
-    metrics: Metrics,
-    timeout: Duration,
 }
 
-impl<S> Service<Request> for Stack<S>
+impl<W, S> Service<Request> for Wrapped<W, S>
 where
+    W: Around,
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
@@ -90,10 +96,27 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let inner = self.inner.clone();
+        let answer = self.around.around(self.inner.clone(), req);
+        Box::pin(async move { Ok(answer.await) })
+    }
+}
+
+/// The correlation id, metrics, the panic catcher and the timeout.
+#[derive(Clone)]
+struct Stack {
+    metrics: Metrics,
+    timeout: Duration,
+}
+
+impl Around for Stack {
+    fn around<S>(&self, inner: S, req: Request) -> impl Future<Output = Response> + Send + 'static
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
         let metrics = self.metrics.clone();
         let limit = self.timeout;
-        Box::pin(async move {
+        async move {
             // Bounded label values: known methods only, route templates only.
             let method = match *req.method() {
                 Method::GET
@@ -120,8 +143,8 @@ where
                 },
                 start.elapsed(),
             );
-            Ok(resp)
-        })
+            resp
+        }
     }
 }
 
