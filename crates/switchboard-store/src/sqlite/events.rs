@@ -287,9 +287,7 @@ impl AppendWrite {
     ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
         let ctx = "append events";
         let now = self.clock.now_ms();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| direct_error(ctx, e))?;
+        let tx = super::writer::Immediate::begin(conn).map_err(|e| direct_error(ctx, e))?;
         let events = || items.iter().flat_map(|it| &it.events);
         // Each event's key, with the oldest append time a copy may have.
         let keys = || {
@@ -495,7 +493,7 @@ static INSERT_MANY: LazyLock<[String; 4]> = LazyLock::new(|| {
 /// prepared once.
 fn insert_direct(
     seen: &Seen,
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     events: &[&NewEvent],
     now: UnixMillis,
     stamp: UnixMillis,

@@ -144,3 +144,45 @@ where
         )
     })
 }
+
+/// A write transaction on the direct connection, begun and committed with
+/// statements prepared once and kept in the connection's cache (rusqlite's
+/// `Transaction` has SQLite parse `BEGIN` and `COMMIT` anew each time).
+/// Dropped unfinished, or after a failed commit, it rolls back.
+pub(crate) struct Immediate<'c> {
+    conn: &'c rusqlite::Connection,
+    open: bool,
+}
+
+impl<'c> Immediate<'c> {
+    /// `BEGIN IMMEDIATE`: the write lock is taken now, not at the first write.
+    pub(crate) fn begin(conn: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Self { conn, open: true })
+    }
+
+    pub(crate) fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Immediate<'_> {
+    type Target = rusqlite::Connection;
+
+    fn deref(&self) -> &rusqlite::Connection {
+        self.conn
+    }
+}
+
+impl Drop for Immediate<'_> {
+    fn drop(&mut self) {
+        if self.open
+            && !self.conn.is_autocommit()
+            && let Err(error) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(%error, "rolling back an unfinished append failed");
+        }
+    }
+}
