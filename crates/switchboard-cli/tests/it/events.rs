@@ -84,12 +84,7 @@ async fn publish_single_batch_and_binary_then_read_in_order() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{ack}");
-    let offsets: Vec<u64> = ack["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["offset"].as_u64().expect("offset"))
-        .collect();
+    let offsets = crate::offsets(&ack);
     assert_eq!(offsets, [first + 1, first + 2]);
     // The type defaults to the topic and the topic to the type.
     assert_eq!(ack["events"][1]["topic"], "workflow.started");
@@ -651,12 +646,7 @@ async fn repeated_event_ids_are_acknowledged_but_stored_once() {
     assert_eq!(again["events"][0]["offset"], offset);
     let other_source = json!({"id": "dup-1", "source": "/agents/b", "topic": "orders.created"});
     let (_, batch) = publish(&hub, json!([event, other_source, event])).await;
-    let offsets: Vec<u64> = batch["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["offset"].as_u64().expect("offset"))
-        .collect();
+    let offsets = crate::offsets(&batch);
     assert_eq!(offsets[0], offset);
     assert_eq!(offsets[2], offset);
     assert!(

@@ -38,12 +38,7 @@ async fn create(hub: &TestHub, name: &str, body: Value) -> Value {
 async fn publish(hub: &TestHub, events: Vec<Value>) -> Vec<u64> {
     let (status, v) = call(hub, "POST", "/api/v1/events", Some(Value::Array(events))).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    v["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["offset"].as_u64().expect("offset"))
-        .collect()
+    crate::offsets(&v)
 }
 
 async fn pull(hub: &TestHub, group: &str, max: u32, wait_ms: u64) -> Vec<Value> {

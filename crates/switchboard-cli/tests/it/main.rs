@@ -46,3 +46,13 @@ pub(crate) fn agent(id: &str, agent_type: &str, caps: &[&str]) -> Value {
         "metadata": {"team": "core"}
     })
 }
+
+/// The offset of each event listed in an answer to a publish.
+pub(crate) fn offsets(answer: &Value) -> Vec<u64> {
+    answer["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect()
+}

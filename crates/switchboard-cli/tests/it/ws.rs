@@ -422,12 +422,7 @@ async fn logged_publishes_read_together_are_each_answered_as_if_sent_alone() {
     let offsets = expect_published(&mut ws, "r", 20).await;
     let batch = recv(&mut ws).await;
     assert_eq!(batch["ref"], "batch", "{batch}");
-    let batch_offsets: Vec<u64> = batch["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["offset"].as_u64().expect("offset"))
-        .collect();
+    let batch_offsets = crate::offsets(&batch);
     assert!(
         offsets.windows(2).all(|w| w[0] < w[1])
             && offsets[19] < batch_offsets[0]
