@@ -120,20 +120,19 @@ async fn run<W: BatchWrite>(writer: Writer, kind: W, mut rx: mpsc::Receiver<Pend
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
         let (items, replies): (Vec<_>, Vec<_>) = pending.drain(..).unzip();
         let n = items.len();
+        let mut wakes = Wakes::default();
         match kind
             .commit(&writer, items)
             .await
             .and_then(|o| counted(o, n))
         {
             Ok(outputs) => {
-                let mut wakes = Wakes::default();
                 for (reply, out) in replies.into_iter().zip(outputs) {
                     reply.send(Ok(out), &mut wakes);
                 }
             }
             Err(error) => {
                 tracing::warn!(%error, items = n, "batched commit failed");
-                let mut wakes = Wakes::default();
                 for reply in replies {
                     reply.send(Err(error.clone()), &mut wakes);
                 }

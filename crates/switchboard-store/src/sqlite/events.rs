@@ -279,10 +279,11 @@ enum Answer {
 impl AppendWrite {
     /// Appends `items` in one transaction on the direct write connection,
     /// on this thread: a look-up of earlier copies only when `seen` says
-    /// there may be one, then one insert per new event, then the commit.
+    /// there may be one, then the new events in as few multi-row inserts
+    /// as [`INSERT_ROWS`] allows, then the commit.
     fn append(
         &self,
-        conn: &mut rusqlite::Connection,
+        conn: &rusqlite::Connection,
         items: Vec<AppendItem>,
     ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
         let ctx = "append events";
@@ -395,7 +396,7 @@ impl BatchWrite for AppendWrite {
         writer: &Writer,
         items: Vec<AppendItem>,
     ) -> Result<Vec<Vec<Arc<Event>>>, StorageError> {
-        let outputs = self.append(&mut *writer.lock_direct().await?, items)?;
+        let outputs = self.append(&*writer.lock_direct().await?, items)?;
         self.committed(&outputs);
         Ok(outputs)
     }
