@@ -12,9 +12,10 @@
 //!   redelivery, dead letters, competing consumers and ordering by key.
 //!
 //! The log is the source of truth. Publishing appends and answers once the
-//! events are durable; the [`Dispatcher`] tails the log (woken by its head)
-//! and pushes each new event to the matching live subscriptions, found
-//! through the index. Each subscription has a bounded buffer: one that
+//! events are durable; the [`Dispatcher`] tails the log and pushes each
+//! new event to the matching live subscriptions, found through the index.
+//! It is woken through [`EventLog::news`], only by commits that hold an
+//! event some live subscription takes (and now and then, to keep up). Each subscription has a bounded buffer: one that
 //! fills is marked lagging and catches up by reading the log itself, so a
 //! slow subscriber costs the hub a bounded amount of memory and never
 //! slows the others.
@@ -39,7 +40,7 @@ pub mod topic;
 pub use error::BusError;
 pub use event::{Event, NewEvent};
 pub use filter::Filter;
-pub use log::{EventLog, ReadFrom, Scheduled, Trimmed};
+pub use log::{EventLog, ReadFrom, Scheduled, Trimmed, Wanted};
 pub use subscription::{Start, Subscription, SubscriptionSpec};
 pub use topic::{Pattern, PatternIndex};
 
@@ -180,15 +181,20 @@ struct Live {
 impl Bus {
     /// A bus over `log`.
     pub fn new(log: Arc<dyn EventLog>, config: BusConfig, clock: Clock) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                log,
-                clock,
-                config,
-                subs: Mutex::new(Subs::default()),
-                scheduled: tokio::sync::Notify::new(),
-            }),
-        }
+        let shared = Arc::new(Shared {
+            log,
+            clock,
+            config,
+            subs: Mutex::new(Subs::default()),
+            scheduled: tokio::sync::Notify::new(),
+        });
+        // The log holds this test, so it holds the bus weakly.
+        let bus = Arc::downgrade(&shared);
+        shared.log.follow(Arc::new(move |events: &[Arc<Event>]| {
+            bus.upgrade()
+                .is_some_and(|shared| Bus { shared }.wanted(events))
+        }));
+        Self { shared }
     }
 
     fn subs(&self) -> MutexGuard<'_, Subs> {
@@ -401,14 +407,18 @@ impl Bus {
         Ok((out, cursor))
     }
 
+    /// Adds a live subscription; its id, its stream, its lagging flag and
+    /// the head when it was added: it is owed the events after that one.
     fn register(
         &self,
         patterns: Vec<Pattern>,
         filter: Filter,
-    ) -> (u64, mpsc::Receiver<Arc<Event>>, Arc<AtomicBool>) {
+    ) -> (u64, mpsc::Receiver<Arc<Event>>, Arc<AtomicBool>, u64) {
         let (tx, rx) = mpsc::channel(self.shared.config.subscriber_buffer.max(1));
         let lagging = Arc::new(AtomicBool::new(false));
         let mut subs = self.subs();
+        // Read under the lock `wanted` takes (see `EventLog::follow`).
+        let head = *self.log().head().borrow();
         subs.next_id += 1;
         let id = subs.next_id;
         for p in &patterns {
@@ -423,7 +433,30 @@ impl Bus {
                 lagging: lagging.clone(),
             },
         );
-        (id, rx, lagging)
+        (id, rx, lagging, head)
+    }
+
+    /// Whether a live subscription takes any of `events`: the test the log
+    /// applies before waking the dispatcher.
+    fn wanted(&self, events: &[Arc<Event>]) -> bool {
+        // The log's commit must not wait behind a fan-out: while the table
+        // is busy, the answer is yes (a wake is never wrong, only spent).
+        let Ok(subs) = self.shared.subs.try_lock() else {
+            return true;
+        };
+        if subs.entries.is_empty() {
+            return false;
+        }
+        let mut keys = Vec::new();
+        events.iter().any(|event| {
+            keys.clear();
+            subs.index.matches(&event.topic, &mut keys);
+            keys.iter().any(|id| {
+                subs.entries
+                    .get(id)
+                    .is_some_and(|live| live.filter.matches(event.data.as_ref()))
+            })
+        })
     }
 
     fn unregister(&self, id: u64) {
@@ -565,7 +598,7 @@ impl Dispatcher {
     /// Runs until `shutdown`; then ends every subscription's stream.
     pub async fn run(self, shutdown: CancellationToken) {
         let bus = self.bus;
-        let mut head = bus.log().head();
+        let mut head = bus.log().news();
         // Events already in the log when the hub starts are history, not
         // news: subscriptions replay them from the log if they ask.
         let mut cursor = *head.borrow_and_update();

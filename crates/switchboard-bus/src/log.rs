@@ -43,6 +43,10 @@ pub type Appending = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Vec<Arc<Event>>, StorageError>> + Send>,
 >;
 
+/// Says whether anyone follows any of a commit's events live (see
+/// [`EventLog::follow`]).
+pub type Wanted = Arc<dyn Fn(&[Arc<Event>]) -> bool + Send + Sync>;
+
 /// An event held for later delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scheduled {
@@ -123,4 +127,20 @@ pub trait EventLog: Send + Sync + 'static {
     /// The offset of the last durable event (0 when the log is empty),
     /// updated after every commit that appends, whoever appended.
     fn head(&self) -> watch::Receiver<u64>;
+
+    /// The head as live delivery follows it: the same offset, but a
+    /// commit whose events `wanted` (see [`EventLog::follow`]) rejected
+    /// may move it without waking its receivers, so that events no one
+    /// follows live cost no wake-up. Receivers are still woken at least
+    /// once every few thousand offsets, so a reader that catches up then
+    /// finds them in [`EventLog::recent`].
+    fn news(&self) -> watch::Receiver<u64> {
+        self.head()
+    }
+
+    /// Has the log ask `wanted` about the events of each later commit, once
+    /// the head has moved past them. Whoever starts following events live
+    /// must read the head after `wanted` would say yes to them (under the
+    /// same lock), so that no event it is owed is let pass quietly.
+    fn follow(&self, _wanted: Wanted) {}
 }

@@ -55,8 +55,7 @@ pub struct Subscription {
 impl Bus {
     /// Opens a subscription.
     pub fn subscribe(&self, spec: SubscriptionSpec) -> Subscription {
-        let head = *self.log().head().borrow();
-        let (id, rx, lagging) = self.register(spec.patterns.clone(), spec.filter.clone());
+        let (id, rx, lagging, head) = self.register(spec.patterns.clone(), spec.filter.clone());
         let (cursor, replay) = match spec.start {
             Start::Now => (head, None),
             Start::After(o) => (o, Some(ReadFrom::After(o))),

@@ -17,7 +17,6 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use switchboard_core::{Clock, Readiness, StorageError, StorageErrorKind};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{direct_error, storage_error};
@@ -28,6 +27,7 @@ mod batch;
 mod events;
 mod gateway;
 mod groups;
+mod head;
 mod retention;
 mod schedule;
 mod seen;
@@ -106,7 +106,7 @@ pub struct SqliteStore {
     /// Group commit of consumer-group changes.
     group_writes: Batcher<GroupWrite>,
     /// The last durable event's sequence number.
-    head: watch::Sender<u64>,
+    head: head::Head,
     /// The latest appended events.
     recent: Recent,
     /// Which events the log may hold, for appends' duplicate checks.
@@ -348,7 +348,7 @@ impl SqliteStore {
                     format!("migrate {}: {e}", path.display()),
                 )
             })?;
-        let (head, _) = watch::channel(events::last_seq(&mut conn).await?);
+        let head = head::Head::new(events::last_seq(&mut conn).await?);
         let seen = Seen::new(
             config.clock.clone(),
             events::last_appended(&mut conn).await?,

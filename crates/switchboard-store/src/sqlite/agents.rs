@@ -13,7 +13,6 @@ use switchboard_registry::{
     Agent, AgentFilter, AgentPage, AgentStatus, AgentStore, Liveness, RegisteredEvents,
     ValidRegistration,
 };
-use tokio::sync::watch;
 
 use super::SqliteStore;
 use super::batch::SqlxWrite;
@@ -223,7 +222,7 @@ pub(crate) struct LivenessBatch {
 /// transaction.
 pub(crate) struct LivenessWrite {
     pub(crate) clock: Clock,
-    pub(crate) head: watch::Sender<u64>,
+    pub(crate) head: super::head::Head,
     pub(crate) seen: Seen,
 }
 

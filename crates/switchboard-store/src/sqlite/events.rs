@@ -8,7 +8,7 @@ use rusqlite::OptionalExtension;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
-use switchboard_bus::log::Appending;
+use switchboard_bus::log::{Appending, Wanted};
 use switchboard_bus::{Event, EventLog, NewEvent, Pattern, ReadFrom, Scheduled, Trimmed};
 use switchboard_core::{Clock, StorageError, UnixMillis};
 use tokio::sync::watch;
@@ -203,6 +203,14 @@ impl EventLog for SqliteStore {
     fn head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }
+
+    fn news(&self) -> watch::Receiver<u64> {
+        self.head.news()
+    }
+
+    fn follow(&self, wanted: Wanted) {
+        self.head.follow(wanted);
+    }
 }
 
 /// Events to append, and how far back to look for duplicates.
@@ -217,7 +225,7 @@ pub(crate) struct AppendItem {
 /// stored instead of being inserted.
 pub(crate) struct AppendWrite {
     pub(crate) clock: Clock,
-    pub(crate) head: watch::Sender<u64>,
+    pub(crate) head: super::head::Head,
     pub(crate) recent: Recent,
     pub(crate) seen: Seen,
 }
@@ -374,12 +382,12 @@ impl AppendWrite {
 
     /// Called after a batch committed, before any caller is answered.
     fn committed(&self, outputs: &[Vec<Arc<Event>>]) {
-        let mut fresh: Vec<&Arc<Event>> = outputs.iter().flatten().collect();
+        let mut fresh: Vec<Arc<Event>> = outputs.iter().flatten().cloned().collect();
         fresh.sort_by_key(|e| e.offset);
         fresh.dedup_by_key(|e| e.offset);
-        self.recent.push(fresh.into_iter().cloned());
-        if let Some(last) = outputs.iter().flatten().map(|e| e.offset).max() {
-            advance(&self.head, last);
+        self.recent.push(fresh.iter().cloned());
+        if let Some(last) = fresh.last() {
+            self.head.appended(last.offset, &fresh);
         }
     }
 }
@@ -556,13 +564,9 @@ fn note(seen: &Seen, stamp: UnixMillis, events: &[&NewEvent], seqs: &[u64]) {
     );
 }
 
-/// Moves the head forward to `seq` (never back), waking the dispatcher.
-pub(crate) fn advance(head: &watch::Sender<u64>, seq: u64) {
-    head.send_if_modified(|h| {
-        let moved = seq > *h;
-        *h = (*h).max(seq);
-        moved
-    });
+/// Moves the head forward to `seq` (never back), waking its followers.
+pub(crate) fn advance(head: &super::head::Head, seq: u64) {
+    head.advance(seq);
 }
 
 /// The stored form of an event's computed columns.
@@ -967,6 +971,55 @@ mod tests {
         SqliteStore::open(&super::super::SqliteConfig::new(dir.path()))
             .await
             .expect("open")
+    }
+
+    /// The bus's dispatcher is woken only by commits holding an event a
+    /// live subscription takes, and delivers those as before.
+    #[tokio::test]
+    async fn the_dispatcher_hears_only_of_events_someone_follows() {
+        use switchboard_bus::{Bus, BusConfig, SubscriptionSpec};
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = open(&dir).await;
+        let bus = Bus::new(
+            Arc::new(store.clone()),
+            BusConfig::default(),
+            Clock::system(),
+        );
+        let mut news = store.news();
+        let on = |topic: &str, id: &str| NewEvent {
+            topic: topic.into(),
+            ..new_event(id)
+        };
+
+        store.append(vec![on("x.y", "1")], 0).await.expect("append");
+        assert!(
+            !news.has_changed().expect("open"),
+            "no one follows anything"
+        );
+
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let dispatcher = tokio::spawn(bus.dispatcher().run(shutdown.clone()));
+        let mut sub = bus.subscribe(SubscriptionSpec {
+            patterns: vec![Pattern::parse("a.>").expect("pattern")],
+            filter: Default::default(),
+            start: switchboard_bus::Start::Now,
+        });
+        store.append(vec![on("x.y", "2")], 0).await.expect("append");
+        assert!(!news.has_changed().expect("open"), "x.y is not followed");
+        store
+            .append(vec![on("x.y", "3"), on("a.b", "4")], 0)
+            .await
+            .expect("append");
+        assert!(news.has_changed().expect("open"), "a.b is followed");
+        assert_eq!(*news.borrow_and_update(), 4);
+
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+            .await
+            .expect("delivered in time")
+            .expect("delivered");
+        assert_eq!((got.id.as_str(), got.offset), ("4", 4));
+        shutdown.cancel();
+        dispatcher.await.expect("dispatcher");
     }
 
     /// The offsets an append answers are the ones stored: across the

@@ -12,7 +12,6 @@ use switchboard_bus::groups::{
 };
 use switchboard_bus::{Event, Pattern};
 use switchboard_core::StorageError;
-use tokio::sync::watch;
 
 use super::SqliteStore;
 use super::batch::SqlxWrite;
@@ -211,7 +210,7 @@ pub(crate) struct GroupItem {
 /// Applies consumer-group changes, many groups' rounds per commit; moves
 /// the log's head when a change appended an event (an alert).
 pub(crate) struct GroupWrite {
-    pub(crate) head: watch::Sender<u64>,
+    pub(crate) head: super::head::Head,
     pub(crate) seen: Seen,
 }
 
