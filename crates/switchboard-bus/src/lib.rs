@@ -448,9 +448,19 @@ impl Bus {
             return false;
         }
         let mut keys = Vec::new();
+        // A commit's events mostly share a topic: one no pattern matches
+        // is looked up once.
+        let mut unfollowed: Option<&str> = None;
         events.iter().any(|event| {
+            if unfollowed == Some(event.topic.as_str()) {
+                return false;
+            }
             keys.clear();
             subs.index.matches(&event.topic, &mut keys);
+            if keys.is_empty() {
+                unfollowed = Some(&event.topic);
+                return false;
+            }
             keys.iter().any(|id| {
                 subs.entries
                     .get(id)

@@ -999,25 +999,36 @@ mod tests {
 
         let shutdown = tokio_util::sync::CancellationToken::new();
         let dispatcher = tokio::spawn(bus.dispatcher().run(shutdown.clone()));
+        let filter = serde_json::json!({ "level": ["high"] });
         let mut sub = bus.subscribe(SubscriptionSpec {
             patterns: vec![Pattern::parse("a.>").expect("pattern")],
-            filter: Default::default(),
+            filter: switchboard_bus::Filter::parse(filter.as_object().expect("object"))
+                .expect("filter"),
             start: switchboard_bus::Start::Now,
         });
+        let level = |e: NewEvent, level: &str| NewEvent {
+            data: Some(serde_json::json!({ "level": level })),
+            ..e
+        };
         store.append(vec![on("x.y", "2")], 0).await.expect("append");
         assert!(!news.has_changed().expect("open"), "x.y is not followed");
         store
-            .append(vec![on("x.y", "3"), on("a.b", "4")], 0)
+            .append(vec![level(on("a.b", "3"), "low")], 0)
             .await
             .expect("append");
-        assert!(news.has_changed().expect("open"), "a.b is followed");
-        assert_eq!(*news.borrow_and_update(), 4);
+        assert!(!news.has_changed().expect("open"), "the filter refuses it");
+        store
+            .append(vec![on("x.y", "4"), level(on("a.b", "5"), "high")], 0)
+            .await
+            .expect("append");
+        assert!(news.has_changed().expect("open"), "a.b at high is followed");
+        assert_eq!(*news.borrow_and_update(), 5);
 
         let got = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
             .await
             .expect("delivered in time")
             .expect("delivered");
-        assert_eq!((got.id.as_str(), got.offset), ("4", 4));
+        assert_eq!((got.id.as_str(), got.offset), ("5", 5));
         shutdown.cancel();
         dispatcher.await.expect("dispatcher");
     }
