@@ -18,7 +18,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::Extension;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
@@ -213,8 +212,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     route_table().split_for_parts().1
 }
 
-#[derive(Clone)]
-struct OpenApiJson(Arc<str>);
+/// [`openapi`] as JSON, made on first use: the document follows from the
+/// code alone, so every request need not carry it.
+static OPENAPI_JSON: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    openapi()
+        .to_json()
+        .unwrap_or_else(|e| format!(r#"{{"error": "could not render the document: {e}"}}"#))
+});
 
 /// This document.
 #[utoipa::path(
@@ -224,8 +228,8 @@ struct OpenApiJson(Arc<str>);
     tag = "system",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]
-async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> Response {
-    let mut resp = doc.0.to_string().into_response();
+async fn openapi_json() -> Response {
+    let mut resp = OPENAPI_JSON.as_str().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -246,9 +250,6 @@ pub fn front(state: AppState) -> Front {
     for problem in problems {
         tracing::error!(%problem, "route without an authorization rule: refused to everyone");
     }
-    let doc = doc
-        .to_json()
-        .unwrap_or_else(|e| format!(r#"{{"error": "could not render the document: {e}"}}"#));
     let metrics = state.metrics.clone();
     let config = state.config.clone();
     let access = access::Access::new(
@@ -268,7 +269,6 @@ pub fn front(state: AppState) -> Front {
     };
     let router = routes
         .route_layer(middleware::Wrap(access::Guard(access)))
-        .layer(Extension(OpenApiJson(doc.into())))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
