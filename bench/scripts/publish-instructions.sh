@@ -17,14 +17,7 @@ set -euo pipefail
 hub=${1:-target/release/switchboard}
 token=switchboard-bench-admin-token-0123456789abcdef
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-SWITCHBOARD_LOG=warn SWITCHBOARD_ADMIN_TOKEN=$token \
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-  "$hub" serve --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/hub.log" 2>&1 &
-vg=$!
-trap 'kill $vg 2>/dev/null || true; rm -rf "$work"' EXIT
-base="http://127.0.0.1:$port"
-for _ in $(seq 1 300); do curl -fs -o /dev/null "$base/healthz" && break; sleep 0.2; done
+. "$(dirname "$0")/callgrind-hub.sh"
 # Ids differ between the two wrk runs too: a repeated id would be
 # answered from the deduplication window, a different path.
 cat >"$work/publish.lua" <<LUA
@@ -50,9 +43,4 @@ if echo "$out" | grep -q "Non-2xx"; then
   echo "$out" >&2
   exit 1
 fi
-callgrind_control -d "$vg" >/dev/null
-sleep 1
-total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$work"/cg.out.1)
-echo "requests: $requests"
-echo "instructions: $total"
-echo "instructions per request: $((total / requests))"
+count_since_zeroed "$requests"
