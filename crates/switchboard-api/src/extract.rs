@@ -8,9 +8,10 @@ use switchboard_core::FieldError;
 
 use crate::error::ApiError;
 
-/// A JSON body. Refuses a missing or wrong media type (415), an oversized
-/// body (413), broken JSON (400) and JSON of the wrong shape (422, naming
-/// the field).
+/// JSON both ways. As a request's body, it refuses a missing or wrong
+/// media type (415), an oversized body (413), broken JSON (400) and JSON
+/// of the wrong shape (422, naming the field). As an answer, it is every
+/// route's JSON body.
 pub(crate) struct AppJson<T>(pub(crate) T);
 
 impl<S, T> FromRequest<S> for AppJson<T>
@@ -30,6 +31,28 @@ where
         }
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
         parse(&bytes).map(AppJson)
+    }
+}
+
+/// A JSON answer, serialized straight into the buffer that becomes its
+/// body (axum's `Json` writes through `io::Write` into a `BytesMut`, a
+/// call per token).
+impl<T: serde::Serialize> axum::response::IntoResponse for AppJson<T> {
+    fn into_response(self) -> axum::response::Response {
+        let mut buf = Vec::with_capacity(128);
+        match serde_json::to_writer(&mut buf, &self.0) {
+            Ok(()) => {
+                let mut resp = axum::response::Response::new(axum::body::Body::from(buf));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
+            Err(e) => {
+                ApiError::internal(format!("could not serialize the answer: {e}")).into_response()
+            }
+        }
     }
 }
 

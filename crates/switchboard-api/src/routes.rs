@@ -15,7 +15,7 @@ pub(crate) mod webhooks;
 pub(crate) mod workflows;
 pub(crate) mod ws;
 
-use axum::Json;
+use crate::extract::AppJson;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 
@@ -35,5 +35,5 @@ pub(crate) fn created<T: serde::Serialize>(
     } else {
         StatusCode::OK
     };
-    (status, headers, Json(body))
+    (status, headers, AppJson(body))
 }

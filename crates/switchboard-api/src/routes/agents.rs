@@ -1,6 +1,5 @@
 //! `/api/v1/agents`: registration, heartbeats, discovery.
 
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -87,10 +86,10 @@ pub(crate) async fn heartbeat(
     caller: Caller,
     Path(id): Path<String>,
     AppJson(body): AppJson<HeartbeatRequest>,
-) -> Result<Json<HeartbeatAck>, ApiError> {
+) -> Result<AppJson<HeartbeatAck>, ApiError> {
     caller.require_self_or_staff(&id, "heartbeat for")?;
     let ack = registry.heartbeat(&id, convert::heartbeat(body)).await?;
-    Ok(Json(convert::ack(ack)))
+    Ok(AppJson(convert::ack(ack)))
 }
 
 /// One agent.
@@ -108,8 +107,8 @@ pub(crate) async fn heartbeat(
 pub(crate) async fn get(
     State(registry): State<Registry>,
     Path(id): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(convert::agent(registry.get(&id).await?)))
+) -> Result<AppJson<Agent>, ApiError> {
+    Ok(AppJson(convert::agent(registry.get(&id).await?)))
 }
 
 /// Remove an agent.
@@ -159,7 +158,7 @@ pub(crate) async fn rotate_credentials(
     Path(id): Path<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<(StatusCode, Json<AgentCredentials>), ApiError> {
+) -> Result<(StatusCode, AppJson<AgentCredentials>), ApiError> {
     caller.require_self_or_staff(&id, "rotate the credentials of")?;
     let req: RotateCredentialsRequest = super::auth::optional_json(&headers, &body)?;
     registry.get(&id).await?;
@@ -167,7 +166,7 @@ pub(crate) async fn rotate_credentials(
     let (client_secret, until) = auth.rotate_secret(&id, grace).await?;
     Ok((
         StatusCode::CREATED,
-        Json(AgentCredentials {
+        AppJson(AgentCredentials {
             client_id: id,
             client_secret,
             token_endpoint: TOKEN_ENDPOINT.into(),
@@ -217,11 +216,11 @@ pub(crate) async fn get_acl(
     State(auth): State<Auth>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<TopicAcl>, ApiError> {
+) -> Result<AppJson<TopicAcl>, ApiError> {
     caller.require_self_or_staff(&id, "read the ACL of")?;
     registry.get(&id).await?;
     let a = auth.acl(&id);
-    Ok(Json(TopicAcl {
+    Ok(AppJson(TopicAcl {
         publish: a.publish,
         subscribe: a.subscribe,
     }))
@@ -250,7 +249,7 @@ pub(crate) async fn set_acl(
     Path(id): Path<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Json<TopicAcl>, ApiError> {
+) -> Result<AppJson<TopicAcl>, ApiError> {
     // Refused before the body is read: no body makes it allowed.
     caller.require_not_agent("change topic ACLs")?;
     let body: TopicAcl = crate::extract::json_body(&headers, &body)?;
@@ -264,7 +263,7 @@ pub(crate) async fn set_acl(
             }),
         )
         .await?;
-    Ok(Json(TopicAcl {
+    Ok(AppJson(TopicAcl {
         publish: a.publish,
         subscribe: a.subscribe,
     }))
@@ -292,10 +291,10 @@ pub(crate) async fn set_acl(
 pub(crate) async fn list(
     State(registry): State<Registry>,
     RawQuery(query): RawQuery,
-) -> Result<Json<AgentList>, ApiError> {
+) -> Result<AppJson<AgentList>, ApiError> {
     let q = parse_query(query.as_deref().unwrap_or(""))?;
     let page = registry.list(&q).await?;
-    Ok(Json(AgentList {
+    Ok(AppJson(AgentList {
         agents: page.agents.into_iter().map(convert::agent).collect(),
         total: page.total,
         next_cursor: page.next_after,

@@ -1,6 +1,5 @@
 //! `/api/v1/audit`: the audit log and the check of its chain.
 
-use axum::Json;
 use axum::extract::{RawQuery, State};
 use switchboard_auth::{AuditQuery, Auth};
 use switchboard_core::FieldError;
@@ -8,6 +7,7 @@ use switchboard_wire::{AuditBreak, AuditPage, AuditRecord, AuditVerification, Pr
 
 use crate::convert::time;
 use crate::error::ApiError;
+use crate::extract::AppJson;
 
 /// The largest page.
 const MAX_PAGE: u32 = 1000;
@@ -33,7 +33,7 @@ const MAX_PAGE: u32 = 1000;
 pub(crate) async fn list_audit(
     State(auth): State<Auth>,
     RawQuery(query): RawQuery,
-) -> Result<Json<AuditPage>, ApiError> {
+) -> Result<AppJson<AuditPage>, ApiError> {
     let mut q = AuditQuery {
         after: 0,
         limit: 100,
@@ -61,7 +61,7 @@ pub(crate) async fn list_audit(
     let next_after = (records.len() == q.limit as usize)
         .then(|| records.last().map(|r| r.seq))
         .flatten();
-    Ok(Json(AuditPage {
+    Ok(AppJson(AuditPage {
         records: records.into_iter().map(record).collect(),
         next_after,
     }))
@@ -98,9 +98,9 @@ fn record(r: switchboard_auth::AuditRecord) -> AuditRecord {
 )]
 pub(crate) async fn verify_audit(
     State(auth): State<Auth>,
-) -> Result<Json<AuditVerification>, ApiError> {
+) -> Result<AppJson<AuditVerification>, ApiError> {
     let v = auth.audit().verify().await?;
-    Ok(Json(AuditVerification {
+    Ok(AppJson(AuditVerification {
         intact: v.breaks.is_empty(),
         checked: v.checked,
         head_seq: v.head_seq,

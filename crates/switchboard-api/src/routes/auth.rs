@@ -1,7 +1,6 @@
 //! `/api/v1/auth`: tokens (OAuth2 client credentials), the JWKS,
 //! revocation, API keys and signing keys.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -88,7 +87,7 @@ pub(crate) async fn token(
     };
     match auth.issue_token(id, secret, get("scope")).await {
         Ok(t) => {
-            let mut resp = Json(TokenResponse {
+            let mut resp = AppJson(TokenResponse {
                 access_token: t.access_token,
                 token_type: "Bearer".into(),
                 expires_in: t.expires_in,
@@ -181,7 +180,7 @@ fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Re
         "code": code,
         "correlation_id": correlation_id,
     });
-    let mut resp = (status, Json(body)).into_response();
+    let mut resp = (status, AppJson(body)).into_response();
     no_store(&mut resp);
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
@@ -203,7 +202,7 @@ fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Re
     responses((status = 200, description = "A JSON Web Key Set", body = Object))
 )]
 pub(crate) async fn jwks(State(auth): State<Auth>) -> Response {
-    let mut resp = Json(auth.jwks()).into_response();
+    let mut resp = AppJson(auth.jwks()).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=60"),
@@ -225,7 +224,7 @@ pub(crate) async fn jwks(State(auth): State<Auth>) -> Response {
 pub(crate) async fn whoami(
     State(auth): State<Auth>,
     caller: Caller,
-) -> Result<Json<Whoami>, ApiError> {
+) -> Result<AppJson<Whoami>, ApiError> {
     let Some(p) = caller.principal() else {
         return Err(ApiError::unauthorized("UNAUTHENTICATED", "no credential"));
     };
@@ -236,7 +235,7 @@ pub(crate) async fn whoami(
             subscribe: a.subscribe,
         }
     });
-    Ok(Json(Whoami {
+    Ok(AppJson(Whoami {
         id: p.id.to_string(),
         kind: p.kind.as_str().into(),
         role: p.role.to_string(),
@@ -348,7 +347,7 @@ fn api_key(r: switchboard_auth::ApiKeyRecord) -> ApiKey {
 pub(crate) async fn create_api_key(
     State(auth): State<Auth>,
     AppJson(body): AppJson<CreateApiKeyRequest>,
-) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
+) -> Result<(StatusCode, AppJson<ApiKeyCreated>), ApiError> {
     let mut errs = Vec::new();
     let role = body
         .role
@@ -378,7 +377,7 @@ pub(crate) async fn create_api_key(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(ApiKeyCreated {
+        AppJson(ApiKeyCreated {
             api_key: api_key(created.record),
             key: created.key,
         }),
@@ -393,8 +392,8 @@ pub(crate) async fn create_api_key(
     tag = "auth",
     responses((status = 200, description = "Newest first", body = ApiKeyList))
 )]
-pub(crate) async fn list_api_keys(State(auth): State<Auth>) -> Json<ApiKeyList> {
-    Json(ApiKeyList {
+pub(crate) async fn list_api_keys(State(auth): State<Auth>) -> AppJson<ApiKeyList> {
+    AppJson(ApiKeyList {
         keys: auth.list_api_keys().into_iter().map(api_key).collect(),
     })
 }
@@ -414,8 +413,8 @@ pub(crate) async fn list_api_keys(State(auth): State<Auth>) -> Json<ApiKeyList> 
 pub(crate) async fn revoke_api_key(
     State(auth): State<Auth>,
     Path(id): Path<String>,
-) -> Result<Json<ApiKey>, ApiError> {
-    Ok(Json(api_key(auth.revoke_api_key(&id).await?)))
+) -> Result<AppJson<ApiKey>, ApiError> {
+    Ok(AppJson(api_key(auth.revoke_api_key(&id).await?)))
 }
 
 fn signing_key(k: switchboard_auth::KeyInfo) -> SigningKey {
@@ -436,8 +435,8 @@ fn signing_key(k: switchboard_auth::KeyInfo) -> SigningKey {
     tag = "auth",
     responses((status = 200, description = "Oldest first", body = SigningKeyList))
 )]
-pub(crate) async fn list_keys(State(auth): State<Auth>) -> Json<SigningKeyList> {
-    Json(SigningKeyList {
+pub(crate) async fn list_keys(State(auth): State<Auth>) -> AppJson<SigningKeyList> {
+    AppJson(SigningKeyList {
         keys: auth.signing_keys().into_iter().map(signing_key).collect(),
     })
 }
@@ -460,7 +459,7 @@ pub(crate) async fn rotate_key(
     State(auth): State<Auth>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<(StatusCode, Json<SigningKey>), ApiError> {
+) -> Result<(StatusCode, AppJson<SigningKey>), ApiError> {
     let req: RotateKeyRequest = optional_json(&headers, &body)?;
     let alg = match req.alg {
         Some(a) => a
@@ -469,7 +468,7 @@ pub(crate) async fn rotate_key(
         None => auth.config().signing_algorithm,
     };
     let info = auth.rotate_signing_key(alg, req.drop_previous).await?;
-    Ok((StatusCode::CREATED, Json(signing_key(info))))
+    Ok((StatusCode::CREATED, AppJson(signing_key(info))))
 }
 
 /// A JSON body that may be left out (then `T::default()`).

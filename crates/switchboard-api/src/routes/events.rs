@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -17,7 +16,7 @@ use switchboard_wire::{EventPage, Problem, PublishAck, PublishEvent};
 use crate::access::Caller;
 use crate::convert;
 use crate::error::ApiError;
-use crate::extract::{RawBody, parse_any};
+use crate::extract::{AppJson, RawBody, parse_any};
 
 /// The page size of `GET /api/v1/events` when `limit` is absent.
 const DEFAULT_READ: u32 = 100;
@@ -56,7 +55,7 @@ pub(crate) async fn publish(
     mode: BodyMode,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
-) -> Result<(StatusCode, Json<PublishAck>), ApiError> {
+) -> Result<(StatusCode, AppJson<PublishAck>), ApiError> {
     let transient = parse_transient(query.as_deref().unwrap_or(""))?;
     let events = if let BodyMode::Binary(headers) = &mode {
         vec![convert::binary_event(headers, &body)?]
@@ -84,7 +83,7 @@ pub(crate) async fn publish(
         let delivered = bus.publish_transient(events)?;
         return Ok((
             StatusCode::OK,
-            Json(PublishAck {
+            AppJson(PublishAck {
                 events: delivered.into_iter().map(convert::delivered).collect(),
             }),
         ));
@@ -92,7 +91,7 @@ pub(crate) async fn publish(
     let stored = bus.publish(events).await?;
     Ok((
         StatusCode::CREATED,
-        Json(PublishAck {
+        AppJson(PublishAck {
             events: stored.into_iter().map(convert::published).collect(),
         }),
     ))
@@ -257,14 +256,14 @@ pub(crate) async fn read(
     State(bus): State<Bus>,
     caller: Caller,
     RawQuery(query): RawQuery,
-) -> Result<Json<EventPage>, ApiError> {
+) -> Result<AppJson<EventPage>, ApiError> {
     let sel = parse_selection(query.as_deref().unwrap_or(""), None)?;
     caller.may_subscribe_all(&sel.patterns)?;
     let from = sel.start.unwrap_or(ReadFrom::After(0));
     let (events, next) = bus
         .read(&sel.patterns, &sel.filter, from, sel.limit)
         .await?;
-    Ok(Json(EventPage {
+    Ok(AppJson(EventPage {
         events: events.into_iter().map(convert::cloud_event).collect(),
         next_after: next,
     }))

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -220,7 +219,7 @@ pub(crate) async fn fallback(
                 .aggregate(&route.service, req, &ctx, max_instances, deadline)
                 .await
             {
-                Ok(a) => Json(AggregatedResponse {
+                Ok(a) => AppJson(AggregatedResponse {
                     service: a.service,
                     complete: a.complete,
                     responses: a
@@ -404,8 +403,8 @@ fn service_spec(name: String, c: ServiceConfig) -> Result<ServiceSpec, ApiError>
     tag = "gateway",
     responses((status = 200, description = "By name", body = ServiceList))
 )]
-pub(crate) async fn list_services(State(gateway): State<Gateway>) -> Json<ServiceList> {
-    Json(ServiceList {
+pub(crate) async fn list_services(State(gateway): State<Gateway>) -> AppJson<ServiceList> {
+    AppJson(ServiceList {
         services: gateway
             .services()
             .into_iter()
@@ -429,11 +428,11 @@ pub(crate) async fn list_services(State(gateway): State<Gateway>) -> Json<Servic
 pub(crate) async fn get_service(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
-) -> Result<Json<Service>, ApiError> {
+) -> Result<AppJson<Service>, ApiError> {
     let (s, c) = gateway
         .service(&name)
         .ok_or(switchboard_gateway::GatewayError::NoService(name))?;
-    Ok(Json(service_wire(s, c)))
+    Ok(AppJson(service_wire(s, c)))
 }
 
 /// Configure a service: its agents' type, balancing, version splits,
@@ -455,9 +454,9 @@ pub(crate) async fn put_service(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
     AppJson(body): AppJson<ServiceConfig>,
-) -> Result<Json<Service>, ApiError> {
+) -> Result<AppJson<Service>, ApiError> {
     let spec = gateway.put_service(service_spec(name, body)?).await?;
-    Ok(Json(service_wire(spec, true)))
+    Ok(AppJson(service_wire(spec, true)))
 }
 
 /// Forget a service's settings (its agents serve it with the defaults).
@@ -513,8 +512,8 @@ fn route_wire(r: RouteSpec) -> Route {
     tag = "gateway",
     responses((status = 200, description = "In matching order", body = RouteList))
 )]
-pub(crate) async fn list_routes(State(gateway): State<Gateway>) -> Json<RouteList> {
-    Json(RouteList {
+pub(crate) async fn list_routes(State(gateway): State<Gateway>) -> AppJson<RouteList> {
+    AppJson(RouteList {
         routes: gateway.routes().iter().cloned().map(route_wire).collect(),
     })
 }
@@ -537,7 +536,7 @@ pub(crate) async fn put_route(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
     AppJson(c): AppJson<RouteConfig>,
-) -> Result<Json<Route>, ApiError> {
+) -> Result<AppJson<Route>, ApiError> {
     let mut errs = FieldErrors::new();
     let kind = match c.kind.as_deref() {
         None | Some("proxy") => RouteKind::Proxy,
@@ -565,7 +564,7 @@ pub(crate) async fn put_route(
         strip_prefix: c.strip_prefix,
         kind,
     };
-    Ok(Json(route_wire(gateway.put_route(spec).await?)))
+    Ok(AppJson(route_wire(gateway.put_route(spec).await?)))
 }
 
 /// Remove a route.
@@ -597,9 +596,9 @@ pub(crate) async fn delete_route(
     tag = "gateway",
     responses((status = 200, description = "The topology", body = Topology))
 )]
-pub(crate) async fn topology(State(gateway): State<Gateway>) -> Json<Topology> {
+pub(crate) async fn topology(State(gateway): State<Gateway>) -> AppJson<Topology> {
     let t = gateway.topology();
-    Json(Topology {
+    AppJson(Topology {
         services: t
             .services
             .into_iter()

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use switchboard_bus::groups::{self as bus_groups, GroupSpec, Groups, Outcome};
@@ -48,7 +47,7 @@ pub(crate) async fn create_group(
     caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<CreateGroupRequest>,
-) -> Result<(StatusCode, Json<Group>), ApiError> {
+) -> Result<(StatusCode, AppJson<Group>), ApiError> {
     let (spec, start) = spec_from(name, body)?;
     caller.may_subscribe_all(&spec.patterns)?;
     let (info, created) = groups.create(spec, start).await?;
@@ -57,7 +56,7 @@ pub(crate) async fn create_group(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(convert::group(info))))
+    Ok((status, AppJson(convert::group(info))))
 }
 
 /// Every consumer group.
@@ -71,11 +70,11 @@ pub(crate) async fn create_group(
 pub(crate) async fn list_groups(
     State(groups): State<Groups>,
     caller: Caller,
-) -> Result<Json<GroupList>, ApiError> {
+) -> Result<AppJson<GroupList>, ApiError> {
     let mut all = groups.list().await?;
     // An agent sees the groups its ACL lets it use.
     all.retain(|g| caller.may_subscribe_all(&g.spec.patterns).is_ok());
-    Ok(Json(GroupList {
+    Ok(AppJson(GroupList {
         groups: all.into_iter().map(convert::group).collect(),
     }))
 }
@@ -96,9 +95,9 @@ pub(crate) async fn get_group(
     State(groups): State<Groups>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<Group>, ApiError> {
+) -> Result<AppJson<Group>, ApiError> {
     caller.may_use_group(&groups, &name).await?;
-    Ok(Json(convert::group(groups.get(&name).await?)))
+    Ok(AppJson(convert::group(groups.get(&name).await?)))
 }
 
 /// Delete a consumer group with its pending events and dead letters.
@@ -142,7 +141,7 @@ pub(crate) async fn pull(
     caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<PullRequest>,
-) -> Result<Json<PullResponse>, ApiError> {
+) -> Result<AppJson<PullResponse>, ApiError> {
     caller.may_use_group(&groups, &name).await?;
     let mut errs = FieldErrors::new();
     let max = body.max.unwrap_or(1);
@@ -155,7 +154,7 @@ pub(crate) async fn pull(
     }
     errs.finish().map_err(ApiError::validation)?;
     let got = groups.pull(&name, max, Duration::from_millis(wait)).await?;
-    Ok(Json(PullResponse {
+    Ok(AppJson(PullResponse {
         deliveries: got.into_iter().map(convert::delivery).collect(),
     }))
 }
@@ -225,9 +224,9 @@ pub(crate) async fn ack(
     caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<SettleRequest>,
-) -> Result<Json<SettleResponse>, ApiError> {
+) -> Result<AppJson<SettleResponse>, ApiError> {
     caller.may_use_group(&groups, &name).await?;
-    Ok(Json(settle_all(&groups, &name, body, false).await?))
+    Ok(AppJson(settle_all(&groups, &name, body, false).await?))
 }
 
 /// Refuse deliveries: each is delivered again after the group's backoff
@@ -250,9 +249,9 @@ pub(crate) async fn nack(
     caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<SettleRequest>,
-) -> Result<Json<SettleResponse>, ApiError> {
+) -> Result<AppJson<SettleResponse>, ApiError> {
     caller.may_use_group(&groups, &name).await?;
-    Ok(Json(settle_all(&groups, &name, body, true).await?))
+    Ok(AppJson(settle_all(&groups, &name, body, true).await?))
 }
 
 /// A group's dead letters, oldest first: `after` (an offset) and `limit`
@@ -278,7 +277,7 @@ pub(crate) async fn list_dead_letters(
     caller: Caller,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<DeadLetterPage>, ApiError> {
+) -> Result<AppJson<DeadLetterPage>, ApiError> {
     caller.may_use_group(&groups, &name).await?;
     let mut after = 0u64;
     let mut limit = 100u32;
@@ -303,7 +302,7 @@ pub(crate) async fn list_dead_letters(
     let next_after = (page.len() == limit as usize)
         .then(|| page.last().map(|d| d.offset))
         .flatten();
-    Ok(Json(DeadLetterPage {
+    Ok(AppJson(DeadLetterPage {
         dead_letters: page.into_iter().map(convert::dead_letter).collect(),
         next_after,
     }))
@@ -328,7 +327,7 @@ pub(crate) async fn get_dead_letter(
     State(groups): State<Groups>,
     caller: Caller,
     Path((name, offset)): Path<(String, String)>,
-) -> Result<Json<DeadLetter>, ApiError> {
+) -> Result<AppJson<DeadLetter>, ApiError> {
     caller.may_use_group(&groups, &name).await?;
     let offset: u64 = offset.parse().map_err(|_| {
         ApiError::new(
@@ -338,7 +337,7 @@ pub(crate) async fn get_dead_letter(
         )
         .with_fields(vec![FieldError::new("offset", "must be a whole number")])
     })?;
-    Ok(Json(convert::dead_letter(
+    Ok(AppJson(convert::dead_letter(
         groups.dead_letter(&name, offset).await?,
     )))
 }
@@ -361,10 +360,10 @@ pub(crate) async fn replay_dead_letters(
     State(groups): State<Groups>,
     Path(name): Path<String>,
     AppJson(body): AppJson<ReplayRequest>,
-) -> Result<Json<DeadLetterCount>, ApiError> {
+) -> Result<AppJson<DeadLetterCount>, ApiError> {
     check_offsets(body.offsets.as_deref())?;
     let count = groups.replay(&name, body.offsets).await?;
-    Ok(Json(DeadLetterCount { count }))
+    Ok(AppJson(DeadLetterCount { count }))
 }
 
 /// Purge dead letters (those listed, or all).
@@ -384,10 +383,10 @@ pub(crate) async fn purge_dead_letters(
     State(groups): State<Groups>,
     Path(name): Path<String>,
     AppJson(body): AppJson<ReplayRequest>,
-) -> Result<Json<DeadLetterCount>, ApiError> {
+) -> Result<AppJson<DeadLetterCount>, ApiError> {
     check_offsets(body.offsets.as_deref())?;
     let count = groups.purge(&name, body.offsets).await?;
-    Ok(Json(DeadLetterCount { count }))
+    Ok(AppJson(DeadLetterCount { count }))
 }
 
 fn check_offsets(offsets: Option<&[u64]>) -> Result<(), ApiError> {

@@ -6,7 +6,6 @@
 //! signature too). The directory (`GET`) is readable by every principal
 //! that may read the registry: it holds public keys only.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use switchboard_auth::{AgentIdentity, AgentKeyRecord, Auth, KeyRegistration};
@@ -72,13 +71,13 @@ pub(crate) async fn agent_key_challenge(
     caller: Caller,
     Path(id): Path<String>,
     AppJson(body): AppJson<KeyChallengeRequest>,
-) -> Result<(StatusCode, Json<KeyChallenge>), ApiError> {
+) -> Result<(StatusCode, AppJson<KeyChallenge>), ApiError> {
     caller.require_self_or_staff(&id, "register keys for")?;
     registry.get(&id).await?;
     let c = auth.key_challenge(&id, &body.signing_key, &body.encryption_key)?;
     Ok((
         StatusCode::CREATED,
-        Json(KeyChallenge {
+        AppJson(KeyChallenge {
             challenge_id: c.challenge_id,
             enc: c.sealed_nonce.enc,
             ciphertext: c.sealed_nonce.ciphertext,
@@ -110,7 +109,7 @@ pub(crate) async fn register_agent_keys(
     caller: Caller,
     Path(id): Path<String>,
     AppJson(body): AppJson<RegisterKeysRequest>,
-) -> Result<(StatusCode, Json<AgentKey>), ApiError> {
+) -> Result<(StatusCode, AppJson<AgentKey>), ApiError> {
     caller.require_self_or_staff(&id, "register keys for")?;
     registry.get(&id).await?;
     let rec = auth
@@ -126,7 +125,7 @@ pub(crate) async fn register_agent_keys(
         )
         .await?;
     tracing::info!(agent = %id, fingerprint = %rec.fingerprint, "agent keys registered");
-    Ok((StatusCode::CREATED, Json(key(rec))))
+    Ok((StatusCode::CREATED, AppJson(key(rec))))
 }
 
 /// The agent's public keys: the current pair and every earlier one.
@@ -145,9 +144,9 @@ pub(crate) async fn list_agent_keys(
     State(registry): State<Registry>,
     State(auth): State<Auth>,
     Path(id): Path<String>,
-) -> Result<Json<AgentKeys>, ApiError> {
+) -> Result<AppJson<AgentKeys>, ApiError> {
     registry.get(&id).await?;
-    Ok(Json(keys(&id, auth.identity(&id))))
+    Ok(AppJson(keys(&id, auth.identity(&id))))
 }
 
 /// Revoke one of the agent's key pairs: nothing it signs is accepted from
@@ -175,10 +174,10 @@ pub(crate) async fn revoke_agent_keys(
     Path((id, fingerprint)): Path<(String, String)>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<Json<AgentKey>, ApiError> {
+) -> Result<AppJson<AgentKey>, ApiError> {
     caller.require_self_or_staff(&id, "revoke keys of")?;
     let req: RevokeKeyRequest = super::auth::optional_json(&headers, &body)?;
     let rec = auth.revoke_keys(&id, &fingerprint, req.reason).await?;
     tracing::info!(agent = %id, fingerprint = %rec.fingerprint, "agent keys revoked");
-    Ok(Json(key(rec)))
+    Ok(AppJson(key(rec)))
 }

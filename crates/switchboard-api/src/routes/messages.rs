@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
@@ -52,7 +51,7 @@ pub(crate) async fn send(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(body): AppJson<SendMessageRequest>,
-) -> Result<(StatusCode, Json<MessageSent>), ApiError> {
+) -> Result<(StatusCode, AppJson<MessageSent>), ApiError> {
     let mut msg = prepare(&state, body, false).await?;
     caller.stamp_publish(&state.auth, &mut msg.event)?;
     let (to, corr) = (msg.to.clone(), msg.correlation_id.clone());
@@ -62,7 +61,7 @@ pub(crate) async fn send(
     };
     Ok((
         StatusCode::ACCEPTED,
-        Json(MessageSent {
+        AppJson(MessageSent {
             id: e.id.clone(),
             to,
             topic: e.topic.clone(),
@@ -93,7 +92,7 @@ pub(crate) async fn request(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(body): AppJson<SendMessageRequest>,
-) -> Result<Json<RequestReply>, ApiError> {
+) -> Result<AppJson<RequestReply>, ApiError> {
     let mut msg = prepare(&state, body, true).await?;
     caller.stamp_publish(&state.auth, &mut msg.event)?;
     let reply_topic = format!("reply.{}", msg.correlation_id);
@@ -109,7 +108,7 @@ pub(crate) async fn request(
     state.bus.publish(vec![msg.event]).await?;
     let timeout = msg.timeout;
     match tokio::time::timeout(timeout, replies.next()).await {
-        Ok(Ok(reply)) => Ok(Json(RequestReply {
+        Ok(Ok(reply)) => Ok(AppJson(RequestReply {
             to: msg.to,
             correlation_id: msg.correlation_id,
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),

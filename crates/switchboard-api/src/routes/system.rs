@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +14,7 @@ use switchboard_wire::{AgentMetrics, Health, MetricsReport, Problem, SystemMetri
 
 use crate::convert;
 use crate::error::ApiError;
+use crate::extract::AppJson;
 use crate::state::{AppState, Checks};
 
 /// How long a readiness check may take before it counts as failed.
@@ -28,8 +28,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
     tag = "system",
     responses((status = 200, description = "Alive", body = Health))
 )]
-pub(crate) async fn healthz() -> Json<Health> {
-    Json(Health {
+pub(crate) async fn healthz() -> AppJson<Health> {
+    AppJson(Health {
         status: "ok".into(),
         checks: BTreeMap::new(),
     })
@@ -46,7 +46,7 @@ pub(crate) async fn healthz() -> Json<Health> {
         (status = 503, description = "A dependency does not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn readyz(State(checks): State<Checks>) -> Result<Json<Health>, ApiError> {
+pub(crate) async fn readyz(State(checks): State<Checks>) -> Result<AppJson<Health>, ApiError> {
     let mut results = BTreeMap::new();
     let mut ok = true;
     for c in checks.iter() {
@@ -62,7 +62,7 @@ pub(crate) async fn readyz(State(checks): State<Checks>) -> Result<Json<Health>,
         results.insert(c.name().to_owned(), outcome);
     }
     if ok {
-        Ok(Json(Health {
+        Ok(AppJson(Health {
             status: "ready".into(),
             checks: results,
         }))
@@ -112,7 +112,9 @@ pub(crate) async fn prometheus(State(state): State<AppState>) -> Result<Response
     tag = "system",
     responses((status = 200, description = "Figures", body = MetricsReport))
 )]
-pub(crate) async fn report(State(state): State<AppState>) -> Result<Json<MetricsReport>, ApiError> {
+pub(crate) async fn report(
+    State(state): State<AppState>,
+) -> Result<AppJson<MetricsReport>, ApiError> {
     let counts = refresh_gauges(&state.registry, &state.metrics);
     let live = state
         .registry
@@ -190,7 +192,7 @@ pub(crate) async fn report(State(state): State<AppState>) -> Result<Json<Metrics
             )
         })
         .collect();
-    Ok(Json(MetricsReport {
+    Ok(AppJson(MetricsReport {
         system_metrics: system,
         agent_metrics,
     }))

@@ -1,6 +1,5 @@
 //! `/api/v1/tasks`: create, read, agent reports, claims, cancel.
 
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
@@ -85,8 +84,8 @@ pub(crate) async fn create_task(
 pub(crate) async fn get_task(
     State(tasks): State<Tasks>,
     Path(id): Path<String>,
-) -> Result<Json<Task>, ApiError> {
-    Ok(Json(convert::task(tasks.get(&id).await?)))
+) -> Result<AppJson<Task>, ApiError> {
+    Ok(AppJson(convert::task(tasks.get(&id).await?)))
 }
 
 /// An agent's report on a task it holds: `in_progress` (or progress
@@ -113,10 +112,10 @@ pub(crate) async fn update_task(
     caller: Caller,
     Path(id): Path<String>,
     AppJson(body): AppJson<UpdateTaskRequest>,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<AppJson<Task>, ApiError> {
     let mut update = convert::update(body);
     let Some(me) = caller.agent_id() else {
-        return Ok(Json(convert::task(tasks.update(&id, update).await?)));
+        return Ok(AppJson(convert::task(tasks.update(&id, update).await?)));
     };
     // An agent reports only as itself, and only on tasks it holds.
     if let Some(given) = update.agent_id.as_deref().filter(|a| *a != me) {
@@ -126,7 +125,7 @@ pub(crate) async fn update_task(
     }
     update.agent_id = Some(me.to_owned());
     match tasks.update(&id, update).await {
-        Ok(t) => Ok(Json(convert::task(t))),
+        Ok(t) => Ok(AppJson(convert::task(t))),
         Err(switchboard_tasks::TaskError::NotHolder { holder, .. }) if holder != me => {
             Err(ApiError::forbidden(format!(
                 "task {id} is not assigned to agent {me}; an agent updates only the tasks it holds"
@@ -157,7 +156,7 @@ pub(crate) async fn cancel_task(
     caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Task>, ApiError> {
+) -> Result<AppJson<Task>, ApiError> {
     if let Some(me) = caller.agent_id() {
         let t = tasks.get(&id).await?;
         if t.agent_id.as_deref() != Some(me) {
@@ -172,7 +171,7 @@ pub(crate) async fn cancel_task(
     } else {
         crate::extract::parse::<CancelRequest>(&body)?.reason
     };
-    Ok(Json(convert::task(tasks.cancel(&id, reason).await?)))
+    Ok(AppJson(convert::task(tasks.cancel(&id, reason).await?)))
 }
 
 /// An agent asks for work: the tasks given to it (at most `max_tasks`),
@@ -196,7 +195,7 @@ pub(crate) async fn claim_tasks(
     State(tasks): State<Tasks>,
     caller: Caller,
     AppJson(body): AppJson<ClaimRequest>,
-) -> Result<Json<ClaimResponse>, ApiError> {
+) -> Result<AppJson<ClaimResponse>, ApiError> {
     caller.require_self_or_staff(&body.agent_id, "claim tasks for")?;
     let claim = Claim {
         agent_id: body.agent_id,
@@ -204,7 +203,7 @@ pub(crate) async fn claim_tasks(
         wait: std::time::Duration::from_millis(body.wait_ms.unwrap_or(0)),
     };
     let given = tasks.claim(claim).await?;
-    Ok(Json(ClaimResponse {
+    Ok(AppJson(ClaimResponse {
         tasks: given.into_iter().map(convert::task).collect(),
     }))
 }
@@ -231,10 +230,10 @@ pub(crate) async fn claim_tasks(
 pub(crate) async fn list_tasks(
     State(tasks): State<Tasks>,
     RawQuery(query): RawQuery,
-) -> Result<Json<TaskList>, ApiError> {
+) -> Result<AppJson<TaskList>, ApiError> {
     let (filter, after, limit) = parse_query(query.as_deref().unwrap_or(""))?;
     let page = tasks.list(&filter, after, limit).await?;
-    Ok(Json(TaskList {
+    Ok(AppJson(TaskList {
         tasks: page.items.into_iter().map(convert::task).collect(),
         total: page.total,
         next_cursor: page.next_after.map(|s| s.to_string()),

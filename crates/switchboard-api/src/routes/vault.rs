@@ -6,7 +6,6 @@
 //! here is audited, reads included (`access::finish`). The vault's state
 //! and master key rotation are for admins.
 
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use switchboard_core::FieldError;
@@ -94,7 +93,7 @@ pub(crate) async fn put_secret(
     caller: Caller,
     Path(name): Path<String>,
     AppJson(body): AppJson<PutSecretRequest>,
-) -> Result<(StatusCode, Json<Secret>), ApiError> {
+) -> Result<(StatusCode, AppJson<Secret>), ApiError> {
     let by = caller
         .principal()
         .map_or_else(|| "anonymous".to_owned(), |p| p.id.to_string());
@@ -102,7 +101,7 @@ pub(crate) async fn put_secret(
     let info = vault
         .put(&name, &value, body.policy.map(policy_in), &by)
         .await?;
-    Ok((StatusCode::CREATED, Json(described(info))))
+    Ok((StatusCode::CREATED, AppJson(described(info))))
 }
 
 /// Read a secret's value: the latest version, or `?version=N`. Allowed to
@@ -128,7 +127,7 @@ pub(crate) async fn get_secret(
     caller: Caller,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<SecretValue>, ApiError> {
+) -> Result<AppJson<SecretValue>, ApiError> {
     let mut version = None;
     let mut errs = Vec::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -146,7 +145,7 @@ pub(crate) async fn get_secret(
     let r = vault.get(&name, version, reader(&caller)?).await?;
     let value = String::from_utf8(r.value.to_vec())
         .map_err(|_| ApiError::internal(format!("version {} of {name} is not UTF-8", r.version)))?;
-    Ok(Json(SecretValue {
+    Ok(AppJson(SecretValue {
         name: r.name,
         version: r.version,
         created_at: convert::time(r.created_at),
@@ -169,8 +168,8 @@ pub(crate) async fn get_secret(
 pub(crate) async fn describe_secret(
     State(vault): State<Vault>,
     Path(name): Path<String>,
-) -> Result<Json<Secret>, ApiError> {
-    Ok(Json(described(vault.describe(&name).await?)))
+) -> Result<AppJson<Secret>, ApiError> {
+    Ok(AppJson(described(vault.describe(&name).await?)))
 }
 
 /// Replace who may read a secret.
@@ -191,8 +190,8 @@ pub(crate) async fn set_secret_policy(
     State(vault): State<Vault>,
     Path(name): Path<String>,
     AppJson(body): AppJson<SecretPolicy>,
-) -> Result<Json<Secret>, ApiError> {
-    Ok(Json(described(
+) -> Result<AppJson<Secret>, ApiError> {
+    Ok(AppJson(described(
         vault.set_policy(&name, policy_in(body)).await?,
     )))
 }
@@ -237,7 +236,7 @@ pub(crate) async fn list_secrets(
     State(vault): State<Vault>,
     caller: Caller,
     RawQuery(query): RawQuery,
-) -> Result<Json<SecretList>, ApiError> {
+) -> Result<AppJson<SecretList>, ApiError> {
     let (mut after, mut limit) = (None, DEFAULT_PAGE);
     let mut errs = Vec::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -274,7 +273,7 @@ pub(crate) async fn list_secrets(
         })
         .map(|m| secret(m, Vec::new()))
         .collect();
-    Ok(Json(SecretList {
+    Ok(AppJson(SecretList {
         secrets,
         next_after,
     }))
@@ -292,9 +291,9 @@ pub(crate) async fn list_secrets(
 )]
 pub(crate) async fn vault_status(
     State(vault): State<Vault>,
-) -> Result<Json<VaultStatus>, ApiError> {
+) -> Result<AppJson<VaultStatus>, ApiError> {
     let s = vault.status().await?;
-    Ok(Json(VaultStatus {
+    Ok(AppJson(VaultStatus {
         state: s.state.to_owned(),
         reason: s.reason,
         current_key_id: s.current_key_id,
@@ -327,9 +326,9 @@ pub(crate) async fn vault_status(
 )]
 pub(crate) async fn rotate_vault(
     State(vault): State<Vault>,
-) -> Result<Json<VaultRotation>, ApiError> {
+) -> Result<AppJson<VaultRotation>, ApiError> {
     let r = vault.rotate().await?;
-    Ok(Json(VaultRotation {
+    Ok(AppJson(VaultRotation {
         current_key_id: r.current_key_id,
         rewrapped: r.rewrapped,
     }))

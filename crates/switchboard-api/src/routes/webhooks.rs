@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use switchboard_gateway::Gateway;
@@ -43,8 +42,8 @@ fn webhook_wire(s: WebhookSpec, show_secret: bool) -> Webhook {
     tag = "webhooks",
     responses((status = 200, description = "By name", body = WebhookList))
 )]
-pub(crate) async fn list_webhooks(State(gateway): State<Gateway>) -> Json<WebhookList> {
-    Json(WebhookList {
+pub(crate) async fn list_webhooks(State(gateway): State<Gateway>) -> AppJson<WebhookList> {
+    AppJson(WebhookList {
         webhooks: gateway
             .webhooks()
             .outbound()
@@ -74,7 +73,7 @@ pub(crate) async fn put_webhook(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
     AppJson(c): AppJson<WebhookConfig>,
-) -> Result<Json<Webhook>, ApiError> {
+) -> Result<AppJson<Webhook>, ApiError> {
     let spec = WebhookSpec {
         name,
         url: c.url,
@@ -85,7 +84,10 @@ pub(crate) async fn put_webhook(
         retry_after: Duration::from_millis(c.retry_after_ms.unwrap_or(1000)),
         timeout: Duration::from_millis(c.timeout_ms.unwrap_or(10_000)),
     };
-    Ok(Json(webhook_wire(gateway.put_webhook(spec).await?, true)))
+    Ok(AppJson(webhook_wire(
+        gateway.put_webhook(spec).await?,
+        true,
+    )))
 }
 
 /// Remove an outbound webhook with what was waiting to be delivered.
@@ -128,7 +130,7 @@ pub(crate) async fn deliveries(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<WebhookDeliveryList>, ApiError> {
+) -> Result<AppJson<WebhookDeliveryList>, ApiError> {
     let mut limit = 100;
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match (&*k, v.parse::<u32>()) {
@@ -146,7 +148,7 @@ pub(crate) async fn deliveries(
         }
     }
     let list = gateway.deliveries(&name, limit).await?;
-    Ok(Json(WebhookDeliveryList {
+    Ok(AppJson(WebhookDeliveryList {
         deliveries: list
             .into_iter()
             .map(|d| WebhookDelivery {
@@ -180,8 +182,8 @@ fn hook_wire(h: HookSpec, show_secret: bool) -> Hook {
     tag = "webhooks",
     responses((status = 200, description = "By name", body = HookList))
 )]
-pub(crate) async fn list_hooks(State(gateway): State<Gateway>) -> Json<HookList> {
-    Json(HookList {
+pub(crate) async fn list_hooks(State(gateway): State<Gateway>) -> AppJson<HookList> {
+    AppJson(HookList {
         hooks: gateway
             .webhooks()
             .inbound()
@@ -209,14 +211,14 @@ pub(crate) async fn put_hook(
     State(gateway): State<Gateway>,
     Path(name): Path<String>,
     AppJson(c): AppJson<HookConfig>,
-) -> Result<Json<Hook>, ApiError> {
+) -> Result<AppJson<Hook>, ApiError> {
     let spec = HookSpec {
         name,
         secret: c.secret.unwrap_or_else(new_secret),
         topic: c.topic,
         tolerance: Duration::from_millis(c.tolerance_ms.unwrap_or(300_000)),
     };
-    Ok(Json(hook_wire(gateway.put_hook(spec).await?, true)))
+    Ok(AppJson(hook_wire(gateway.put_hook(spec).await?, true)))
 }
 
 /// Remove an inbound hook.
@@ -261,11 +263,11 @@ pub(crate) async fn receive_hook(
     Path(name): Path<String>,
     headers: HeaderMap,
     RawBody(body): RawBody,
-) -> Result<(StatusCode, Json<HookReceived>), ApiError> {
+) -> Result<(StatusCode, AppJson<HookReceived>), ApiError> {
     let r = gateway.receive_hook(&name, &headers, &body).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(HookReceived {
+        AppJson(HookReceived {
             id: r.id,
             topic: r.topic,
             offset: r.offset,

@@ -1,6 +1,5 @@
 //! `/api/v1/workflows`: DAGs of stages, each run as a task.
 
-use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
@@ -66,8 +65,8 @@ pub(crate) async fn create_workflow(
 pub(crate) async fn get_workflow(
     State(tasks): State<Tasks>,
     Path(id): Path<String>,
-) -> Result<Json<Workflow>, ApiError> {
-    Ok(Json(convert::workflow(tasks.get_workflow(&id).await?)))
+) -> Result<AppJson<Workflow>, ApiError> {
+    Ok(AppJson(convert::workflow(tasks.get_workflow(&id).await?)))
 }
 
 /// Cancel a workflow: its running stages' tasks are cancelled and nothing
@@ -87,8 +86,10 @@ pub(crate) async fn get_workflow(
 pub(crate) async fn cancel_workflow(
     State(tasks): State<Tasks>,
     Path(id): Path<String>,
-) -> Result<Json<Workflow>, ApiError> {
-    Ok(Json(convert::workflow(tasks.cancel_workflow(&id).await?)))
+) -> Result<AppJson<Workflow>, ApiError> {
+    Ok(AppJson(convert::workflow(
+        tasks.cancel_workflow(&id).await?,
+    )))
 }
 
 /// List workflows in creation order.
@@ -111,7 +112,7 @@ pub(crate) async fn cancel_workflow(
 pub(crate) async fn list_workflows(
     State(tasks): State<Tasks>,
     RawQuery(query): RawQuery,
-) -> Result<Json<WorkflowList>, ApiError> {
+) -> Result<AppJson<WorkflowList>, ApiError> {
     let mut f = WorkflowFilter::default();
     let (mut after, mut limit) = (None, 50);
     let mut errs = Vec::new();
@@ -144,7 +145,7 @@ pub(crate) async fn list_workflows(
         return Err(ApiError::invalid_query(errs));
     }
     let page = tasks.list_workflows(&f, after, limit).await?;
-    Ok(Json(WorkflowList {
+    Ok(AppJson(WorkflowList {
         workflows: page.items.into_iter().map(convert::workflow).collect(),
         total: page.total,
         next_cursor: page.next_after.map(|s| s.to_string()),
