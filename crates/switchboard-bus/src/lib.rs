@@ -15,10 +15,10 @@
 //! events are durable; the [`Dispatcher`] tails the log and pushes each
 //! new event to the matching live subscriptions, found through the index.
 //! It is woken through [`EventLog::news`], only by commits that hold an
-//! event some live subscription takes (and now and then, to keep up). Each subscription has a bounded buffer: one that
-//! fills is marked lagging and catches up by reading the log itself, so a
-//! slow subscriber costs the hub a bounded amount of memory and never
-//! slows the others.
+//! event some live subscription takes (and now and then, to keep up).
+//! Each subscription has a bounded buffer: one that fills is marked
+//! lagging and catches up by reading the log itself, so a slow subscriber
+//! costs the hub a bounded amount of memory and never slows the others.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -139,8 +139,9 @@ pub trait EventLog: Send + Sync + 'static {
     }
 
     /// Has the log ask `wanted` about the events of each later commit, once
-    /// the head has moved past them. Whoever starts following events live
-    /// must read the head after `wanted` would say yes to them (under the
-    /// same lock), so that no event it is owed is let pass quietly.
+    /// the head has moved past them. A live subscription must start from
+    /// the head as read under the lock `wanted` takes: then the events of a
+    /// commit let pass quietly are either before its start or seen by
+    /// `wanted` along with it.
     fn follow(&self, _wanted: Wanted) {}
 }
