@@ -16,7 +16,7 @@ use switchboard_registry::{
 
 use super::SqliteStore;
 use super::batch::SqlxWrite;
-use super::events::{advance, insert_events};
+use super::events::insert_events;
 use super::seen::Seen;
 use crate::{corrupt, storage_error};
 
@@ -98,7 +98,7 @@ impl AgentStore for SqliteStore {
             insert_events(&self.seen, &mut tx, &outbox.iter().collect::<Vec<_>>(), now).await?;
         tx.commit().await.map_err(|e| storage_error(ctx, e))?;
         if let Some(last) = seqs.last() {
-            advance(&self.head, *last);
+            self.head.advance(*last);
         }
         Ok((agent, created))
     }
@@ -205,7 +205,7 @@ impl AgentStore for SqliteStore {
         let seqs = insert_events(&self.seen, &mut tx, &[&event], event.time.unwrap_or(0)).await?;
         tx.commit().await.map_err(|e| storage_error(ctx, e))?;
         if let Some(last) = seqs.last() {
-            advance(&self.head, *last);
+            self.head.advance(*last);
         }
         Ok(true)
     }
@@ -299,7 +299,7 @@ impl SqlxWrite for LivenessWrite {
 
     fn committed(&self, outputs: &[Option<u64>]) {
         if let Some(last) = outputs.iter().flatten().max() {
-            advance(&self.head, *last);
+            self.head.advance(*last);
         }
     }
 }

@@ -564,11 +564,6 @@ fn note(seen: &Seen, stamp: UnixMillis, events: &[&NewEvent], seqs: &[u64]) {
     );
 }
 
-/// Moves the head forward to `seq` (never back), waking its followers.
-pub(crate) fn advance(head: &super::head::Head, seq: u64) {
-    head.advance(seq);
-}
-
 /// The stored form of an event's computed columns.
 pub(crate) struct EventRow {
     /// `data` as JSON text.

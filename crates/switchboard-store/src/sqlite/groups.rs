@@ -15,7 +15,7 @@ use switchboard_core::StorageError;
 
 use super::SqliteStore;
 use super::batch::SqlxWrite;
-use super::events::{COLUMNS, advance, decode, insert_events};
+use super::events::{COLUMNS, decode, insert_events};
 use super::seen::Seen;
 use crate::{corrupt, storage_error};
 
@@ -241,7 +241,7 @@ impl SqlxWrite for GroupWrite {
 
     fn committed(&self, outputs: &[u64]) {
         if let Some(last) = outputs.iter().max() {
-            advance(&self.head, *last);
+            self.head.advance(*last);
         }
     }
 }

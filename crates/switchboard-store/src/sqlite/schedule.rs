@@ -7,7 +7,7 @@ use switchboard_bus::{NewEvent, Scheduled};
 use switchboard_core::{StorageError, UnixMillis};
 
 use super::SqliteStore;
-use super::events::{advance, insert_events};
+use super::events::insert_events;
 use crate::{corrupt, storage_error};
 
 impl SqliteStore {
@@ -119,7 +119,7 @@ impl SqliteStore {
             .map_err(ctx)?;
         tx.commit().await.map_err(ctx)?;
         if let Some(seq) = last {
-            advance(&self.head, seq);
+            self.head.advance(seq);
         }
         Ok((u32::try_from(holds.len()).unwrap_or(0), next))
     }

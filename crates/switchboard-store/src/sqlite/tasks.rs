@@ -13,7 +13,7 @@ use switchboard_tasks::{
 };
 
 use super::SqliteStore;
-use super::events::{advance, consecutive, event_row};
+use super::events::{consecutive, event_row};
 use super::writer::rollback;
 use crate::{corrupt, storage_error};
 
@@ -166,7 +166,7 @@ impl TaskStore for SqliteStore {
                         .map(|(e, offset)| Arc::new(switchboard_bus::Event::new(e, offset, now))),
                 );
             }
-            advance(&self.head, last);
+            self.head.advance(last);
         }
         Ok(())
     }
