@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,7 @@ use switchboard_auth::{
 use switchboard_bus::{Bus, NewEvent};
 use switchboard_core::FieldError;
 use switchboard_telemetry::Metrics;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorCode};
@@ -437,9 +437,15 @@ fn rate_headers(resp: &mut Response, d: &Decision) {
 
 /// The access layer, run on every matched route (a route layer), in
 /// order: find the rule, authenticate, count against the rate limit,
-/// authorize, run the handler, add the rate limit headers, audit.
+/// authorize, run the handler under the body limit, add the rate limit
+/// headers, audit. The answer carries the route's [`MatchedPath`], the
+/// label of its metrics (`crate::middleware::Stack`).
 #[derive(Clone)]
-pub(crate) struct Guard(pub(crate) Access);
+pub(crate) struct Guard {
+    pub(crate) access: Access,
+    /// Read by the extractors of the handler's body.
+    pub(crate) body_limit: DefaultBodyLimit,
+}
 
 impl Around for Guard {
     fn around<S>(&self, inner: S, req: Request) -> impl Future<Output = Response> + Send + 'static
@@ -447,7 +453,8 @@ impl Around for Guard {
         S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
-        let access = self.0.clone();
+        let access = self.access.clone();
+        let inner = self.body_limit.layer(inner);
         async move { guard(&access, inner, req).await }
     }
 }
@@ -456,23 +463,28 @@ async fn guard<S>(access: &Access, inner: S, mut req: Request) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched
+        .as_ref()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
     let rule = access.policies.get(req.method(), &route);
-    let admitted = match admit(access, &Head::of(&req), route, rule).await {
-        Ok(a) => a,
-        Err(resp) => return resp,
+    let mut resp = match admit(access, &Head::of(&req), route, rule).await {
+        Ok(admitted) => {
+            req.extensions_mut()
+                .insert(Caller(admitted.principal.clone()));
+            let resp = match inner.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            };
+            finish(access, admitted, resp).await
+        }
+        Err(resp) => resp,
     };
-    req.extensions_mut()
-        .insert(Caller(admitted.principal.clone()));
-    let resp = match inner.oneshot(req).await {
-        Ok(resp) => resp,
-        Err(never) => match never {},
-    };
-    finish(access, admitted, resp).await
+    if let Some(m) = matched {
+        resp.extensions_mut().insert(m);
+    }
+    resp
 }
 
 /// A request let through: who it is, what the rate limit said, and what

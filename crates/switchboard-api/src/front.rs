@@ -1,6 +1,7 @@
 //! The hub's HTTP entry: [`Front`] makes one [`Connection`] service per
 //! accepted connection. A request under `/gw/` goes straight to the
-//! gateway's fast path; everything else to the router. Proxied requests
+//! gateway's fast path; everything else to the router, inside the
+//! middleware stack (`crate::middleware`). Proxied requests
 //! thus skip the router's per-request work (matching, cloning each
 //! route's layered service, the middleware the API's own routes need),
 //! which costs more than the proxying itself.
@@ -21,6 +22,7 @@ use switchboard_gateway::Gateway;
 use tower::Service;
 
 use crate::access::{Access, ClientAddr};
+use crate::middleware::{Around, Stack};
 use crate::routes::gateway;
 
 /// Makes the service of each connection.
@@ -29,14 +31,17 @@ pub struct Front(Arc<Inner>);
 
 struct Inner {
     router: Router,
+    /// What runs around the router: `None` serves the router alone.
+    stack: Option<Stack>,
     /// The gateway's fast path: `None` serves `/gw/` from the router too.
     fast: Option<Arc<(Access, Gateway)>>,
 }
 
 impl Front {
-    pub(crate) fn new(router: Router, access: Access, gateway: Gateway) -> Self {
+    pub(crate) fn new(router: Router, stack: Stack, access: Access, gateway: Gateway) -> Self {
         Self(Arc::new(Inner {
             router,
+            stack: Some(stack),
             fast: Some(Arc::new((access, gateway))),
         }))
     }
@@ -44,7 +49,11 @@ impl Front {
     /// Serves `router` alone, with the connection handling of the hub
     /// (`ConnectInfo<ClientAddr>` on every request).
     pub fn from_router(router: Router) -> Self {
-        Self(Arc::new(Inner { router, fast: None }))
+        Self(Arc::new(Inner {
+            router,
+            stack: None,
+            fast: None,
+        }))
     }
 
     /// The service of a connection from `peer`.
@@ -100,7 +109,13 @@ impl Service<Request> for Connection {
                     Ok(gateway::proxy_admitted(&fast.0, &fast.1, req).await)
                 }))
             }
-            _ => Either::Right(self.front.router.clone().call(req)),
+            _ => match &self.front.stack {
+                Some(stack) => {
+                    let answer = stack.around(self.front.router.clone(), req);
+                    Either::Left(Box::pin(async move { Ok(answer.await) }))
+                }
+                None => Either::Right(self.front.router.clone().call(req)),
+            },
         }
     }
 }

@@ -267,13 +267,17 @@ pub fn front(state: AppState) -> Front {
             gateway::fallback(access.clone(), gateway.clone(), limit, req)
         }
     };
+    let guard = access::Guard {
+        access,
+        body_limit: axum::extract::DefaultBodyLimit::max(config.max_body_bytes),
+    };
     let router = routes
-        .route_layer(middleware::Wrap(access::Guard(access)))
+        .route_layer(middleware::Wrap(guard))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
-    let router = middleware::stack(router, metrics, &config);
-    Front::new(router, fast_access, fast_gateway)
+    let stack = middleware::Stack::new(metrics, &config);
+    Front::new(router, stack, fast_access, fast_gateway)
 }
 
 pub(crate) async fn not_found() -> ApiError {
@@ -284,10 +288,16 @@ pub(crate) async fn not_found() -> ApiError {
     )
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
+/// Carries the route's template, the label of its metrics.
+async fn method_not_allowed(route: Option<axum::extract::MatchedPath>) -> Response {
+    let mut resp = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",
         "this route does not take that method; see /api/v1/openapi.json",
     )
+    .into_response();
+    if let Some(route) = route {
+        resp.extensions_mut().insert(route);
+    }
+    resp
 }

@@ -1,4 +1,21 @@
 //! The middleware stack, in one place.
+//!
+//! What wraps every request the router answers, outermost first:
+//!
+//! 1. the correlation id, so that every answer below, even a panic's,
+//!    carries it;
+//! 2. metrics, outside the panic catcher so a panic counts as the 500 the
+//!    client saw, and outside the timeout so timeouts count;
+//! 3. the panic catcher: a bug answers 500 problem+json, never a dropped
+//!    connection;
+//! 4. the request timeout;
+//! 5. the router, then on a matched route access control and the body
+//!    limit (`access::Guard`), then the handler.
+//!
+//! The first four are [`Stack`], run by each connection's service around
+//! the router (`crate::front`): one future per request. As a layer of the
+//! router it would wrap every route, and cost a clone of the route and a
+//! boxed future per request.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -8,50 +25,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use switchboard_telemetry::{HttpLabels, Metrics};
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::context;
 use crate::error::ApiError;
 use crate::state::ApiConfig;
 
-/// Wraps every route (and the fallbacks) in the stack, outermost first:
-///
-/// 1. the correlation id, so that every answer below, even a panic's,
-///    carries it;
-/// 2. metrics, outside the panic catcher so a panic counts as the 500 the
-///    client saw, and outside the timeout so timeouts count;
-/// 3. the panic catcher: a bug answers 500 problem+json, never a dropped
-///    connection;
-/// 4. the request timeout;
-/// 5. the body limit, read by the JSON extractor.
-///
-/// The first four are one [`Around`] (`Stack`): as separate layers, each
-/// cloned the rest of the stack, route included, and boxed it and its own
-/// future, for every request.
-pub(crate) fn stack<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    metrics: Metrics,
-    config: &ApiConfig,
-) -> Router<S> {
-    router.layer(
-        ServiceBuilder::new()
-            .layer(Wrap(Stack {
-                metrics,
-                timeout: config.request_timeout,
-            }))
-            .layer(DefaultBodyLimit::max(config.max_body_bytes)),
-    )
-}
-
-/// What runs around every request of a route: given a clone of the
-/// route's service, answers the request. [`Wrap`] makes it a layer whose
-/// service clones the route once and boxes one future per request.
+/// What runs around a service's answer to a request (a route's, or the
+/// router's): given a clone of the service, answers the request. [`Wrap`]
+/// makes it a layer whose service clones the route once and boxes one
+/// future per request.
 pub(crate) trait Around: Clone + Send + Sync + 'static {
     fn around<S>(&self, inner: S, req: Request) -> impl Future<Output = Response> + Send + 'static
     where
@@ -101,11 +89,23 @@ where
     }
 }
 
-/// The correlation id, metrics, the panic catcher and the timeout.
+/// The correlation id, metrics, the panic catcher and the timeout. The
+/// route label of the metrics is the [`MatchedPath`] the answer carries
+/// (put there by `access::Guard`, and by the answer to a method a route
+/// does not take); an answer without one counts as `unmatched`.
 #[derive(Clone)]
-struct Stack {
+pub(crate) struct Stack {
     metrics: Metrics,
     timeout: Duration,
+}
+
+impl Stack {
+    pub(crate) fn new(metrics: Metrics, config: &ApiConfig) -> Self {
+        Self {
+            metrics,
+            timeout: config.request_timeout,
+        }
+    }
 }
 
 impl Around for Stack {
@@ -125,16 +125,17 @@ impl Around for Stack {
                 | Method::PATCH
                 | Method::DELETE
                 | Method::HEAD
-                | Method::OPTIONS => req.method().as_str().to_owned(),
-                _ => "OTHER".to_owned(),
+                | Method::OPTIONS => req.method().as_str(),
+                _ => "OTHER",
             };
-            let route = req
+            let method = method.to_owned();
+            let start = Instant::now();
+            let resp = context::scoped(req, |req| answer(inner, req, limit)).await;
+            let route = resp
                 .extensions()
                 .get::<MatchedPath>()
                 .map_or("unmatched", MatchedPath::as_str)
                 .to_owned();
-            let start = Instant::now();
-            let resp = context::scoped(req, |req| answer(inner, req, limit)).await;
             metrics.observe_http(
                 HttpLabels {
                     method,

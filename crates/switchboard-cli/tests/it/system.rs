@@ -34,6 +34,28 @@ async fn prometheus_metrics_count_requests_and_agents() {
         .send()
         .await
         .expect("send");
+    // A method the route does not take, a path no route has, and a
+    // caller without a credential: each counted under its own labels.
+    let put = hub
+        .http
+        .put(hub.url("/healthz"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(put.status(), 405);
+    let nowhere = hub
+        .http
+        .get(hub.url("/api/v1/nothing-here"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(nowhere.status(), 404);
+    let anonymous = reqwest::Client::new()
+        .get(hub.url("/api/v1/agents"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(anonymous.status(), 401);
     let resp = hub
         .http
         .get(hub.url("/metrics"))
@@ -57,6 +79,13 @@ async fn prometheus_metrics_count_requests_and_agents() {
     assert!(text.contains(
         r#"switchboard_http_request_duration_seconds_count{method="POST",route="/api/v1/agents/register",status="201"} 2"#
     ), "{text}");
+    for line in [
+        r#"switchboard_http_requests_total{method="PUT",route="/healthz",status="405"} 1"#,
+        r#"switchboard_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"switchboard_http_requests_total{method="GET",route="/api/v1/agents",status="401"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
     assert!(
         text.contains(r#"switchboard_agents{status="active"} 2"#),
         "{text}"
