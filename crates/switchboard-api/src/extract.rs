@@ -1,8 +1,10 @@
 //! Extractors whose rejections are problem+json with the field at fault.
 
+use axum::RequestExt as _;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
+use http_body_util::BodyExt as _;
 use serde::de::DeserializeOwned;
 use switchboard_core::FieldError;
 
@@ -56,7 +58,9 @@ impl<T: serde::Serialize> axum::response::IntoResponse for AppJson<T> {
     }
 }
 
-/// The body as bytes, within the body limit (413 past it).
+/// The body as bytes, within the body limit (413 past it). A body that
+/// arrives as one chunk (most do) is kept as it came, without a copy or a
+/// buffer to gather chunks in.
 pub(crate) struct RawBody(pub(crate) Bytes);
 
 impl<S> FromRequest<S> for RawBody
@@ -65,25 +69,54 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|rej| {
-                if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "PAYLOAD_TOO_LARGE",
-                        "the body is larger than this hub accepts (http.max_body_bytes)",
-                    )
-                } else {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "MALFORMED_REQUEST",
-                        format!("the body could not be read: {rej}"),
-                    )
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let mut body = req.into_limited_body();
+        let mut first: Option<Bytes> = None;
+        let mut more: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(body_error)?.into_data() else {
+                continue;
+            };
+            match &first {
+                None => first = Some(data),
+                Some(head) => {
+                    if more.is_empty() {
+                        more.extend_from_slice(head);
+                    }
+                    more.extend_from_slice(&data);
                 }
-            })
+            }
+        }
+        Ok(RawBody(if more.is_empty() {
+            first.unwrap_or_default()
+        } else {
+            Bytes::from(more)
+        }))
+    }
+}
+
+/// The answer to a body that could not be read: 413 past the limit.
+fn body_error(e: axum::Error) -> ApiError {
+    // The limit's error is boxed twice, as axum's own extractors find it:
+    // `Limited` boxes it, and the `Body` around `Limited` wraps that in an
+    // `axum::Error`.
+    let inner = e.into_inner();
+    let inner = match inner.downcast::<axum::Error>() {
+        Ok(wrapped) => wrapped.into_inner(),
+        Err(other) => other,
+    };
+    if inner.is::<http_body_util::LengthLimitError>() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            "the body is larger than this hub accepts (http.max_body_bytes)",
+        )
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_REQUEST",
+            format!("the body could not be read: {inner}"),
+        )
     }
 }
 
@@ -107,14 +140,17 @@ pub(crate) fn is_json(v: Option<&axum::http::HeaderValue>) -> bool {
     let Some(ct) = v.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = ct.split(';').next().unwrap_or("").trim().as_bytes();
+    let Some(subtype) = essence
+        .get(.."application/".len())
+        .filter(|t| t.eq_ignore_ascii_case(b"application/"))
+        .map(|_| &essence["application/".len()..])
+    else {
+        return false;
+    };
+    subtype.eq_ignore_ascii_case(b"json")
+        || subtype.len() > "+json".len()
+            && subtype[subtype.len() - "+json".len()..].eq_ignore_ascii_case(b"+json")
 }
 
 /// Parses a JSON body of any shape into `T`, classifying the failure; a
@@ -229,6 +265,82 @@ fn field_error(path: &str, e: &serde_json::Error) -> FieldError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request whose body comes in `chunks`, under a body limit.
+    async fn chunked(chunks: &[&'static str], limit: usize) -> Request {
+        use tower::{Layer, ServiceExt};
+        let frames = chunks
+            .iter()
+            .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c.as_bytes())))
+            .collect::<Vec<_>>();
+        let req = Request::new(axum::body::Body::from_stream(futures_util::stream::iter(
+            frames,
+        )));
+        // The body limit travels as an extension, put there by its layer.
+        let passed =
+            tower::service_fn(|req: Request| async move { Ok::<_, std::convert::Infallible>(req) });
+        match axum::extract::DefaultBodyLimit::max(limit)
+            .layer(passed)
+            .oneshot(req)
+            .await
+        {
+            Ok(req) => req,
+            Err(never) => match never {},
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_in_one_chunk_or_many() {
+        let RawBody(one) = RawBody::from_request(chunked(&["{\"a\":1}"], 100).await, &())
+            .await
+            .expect("one chunk");
+        assert_eq!(one, "{\"a\":1}");
+        let RawBody(many) = RawBody::from_request(chunked(&["{\"a\"", ":", "1}"], 100).await, &())
+            .await
+            .expect("three chunks");
+        assert_eq!(many, "{\"a\":1}");
+        let RawBody(none) = RawBody::from_request(chunked(&[], 100).await, &())
+            .await
+            .expect("no chunk");
+        assert!(none.is_empty());
+        let too_large = RawBody::from_request(chunked(&["12345", "67890", "1"], 10).await, &())
+            .await
+            .err()
+            .expect("past the limit");
+        assert_eq!(
+            axum::response::IntoResponse::into_response(too_large).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn json_media_types() {
+        let is = |ct: &'static str| is_json(Some(&axum::http::HeaderValue::from_static(ct)));
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;charset=utf-8",
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+            "APPLICATION/CLOUDEVENTS+JSON",
+        ] {
+            assert!(is(yes), "{yes}");
+        }
+        for no in [
+            "text/json",
+            "application/jsonx",
+            "application/+json",
+            "application/",
+            "application",
+            "text/plain",
+            "",
+            "json",
+        ] {
+            assert!(!is(no), "{no}");
+        }
+        assert!(!is_json(None));
+    }
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]
