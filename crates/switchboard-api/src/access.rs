@@ -25,6 +25,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 use switchboard_auth::{
     AuditEntry, Auth, AuthFailure, Decision, Principal, PrincipalKind, Role, Scope, Scopes,
@@ -473,9 +474,13 @@ where
         Ok(admitted) => {
             req.extensions_mut()
                 .insert(Caller(admitted.principal.clone()));
-            let resp = match inner.oneshot(req).await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
+            // A panic is answered here, as well as around the router, so
+            // that its 500 is audited and counted under the route.
+            let answering = std::panic::AssertUnwindSafe(inner.oneshot(req)).catch_unwind();
+            let resp = match answering.await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(never)) => match never {},
+                Err(panic) => crate::middleware::panic_response(panic),
             };
             finish(access, admitted, resp).await
         }

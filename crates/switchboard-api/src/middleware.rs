@@ -169,7 +169,7 @@ where
     }
 }
 
-fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
+pub(crate) fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
     let what = payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
