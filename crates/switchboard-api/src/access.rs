@@ -25,7 +25,6 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
 use serde_json::{Value, json};
 use switchboard_auth::{
     AuditEntry, Auth, AuthFailure, Decision, Principal, PrincipalKind, Role, Scope, Scopes,
@@ -33,7 +32,7 @@ use switchboard_auth::{
 use switchboard_bus::{Bus, NewEvent};
 use switchboard_core::FieldError;
 use switchboard_telemetry::Metrics;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorCode};
@@ -476,12 +475,7 @@ where
                 .insert(Caller(admitted.principal.clone()));
             // A panic is answered here, as well as around the router, so
             // that its 500 is audited and counted under the route.
-            let answering = std::panic::AssertUnwindSafe(inner.oneshot(req)).catch_unwind();
-            let resp = match answering.await {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(never)) => match never {},
-                Err(panic) => crate::middleware::panic_response(panic),
-            };
+            let resp = crate::middleware::answered(inner, req).await;
             finish(access, admitted, resp).await
         }
         Err(resp) => resp,

@@ -154,11 +154,8 @@ async fn answer<S>(inner: S, req: Request, limit: Duration) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let answering = AssertUnwindSafe(inner.oneshot(req)).catch_unwind();
-    match tokio::time::timeout(limit, answering).await {
-        Ok(Ok(Ok(resp))) => resp,
-        Ok(Ok(Err(never))) => match never {},
-        Ok(Err(panic)) => panic_response(panic),
+    match tokio::time::timeout(limit, answered(inner, req)).await {
+        Ok(resp) => resp,
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "REQUEST_TIMEOUT",
@@ -169,7 +166,19 @@ where
     }
 }
 
-pub(crate) fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
+/// `inner`'s answer to `req`; a panic answers 500 problem+json.
+pub(crate) async fn answered<S>(inner: S, req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    match AssertUnwindSafe(inner.oneshot(req)).catch_unwind().await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(never)) => match never {},
+        Err(panic) => panic_response(panic),
+    }
+}
+
+fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
     let what = payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
