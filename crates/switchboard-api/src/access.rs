@@ -26,9 +26,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use switchboard_auth::{
-    AuditEntry, Auth, AuthFailure, Decision, Principal, PrincipalKind, Role, Scope, Scopes,
-};
+use switchboard_auth::{AuditEntry, Auth, AuthFailure, Decision, Principal, Scope};
 use switchboard_bus::{Bus, NewEvent};
 use switchboard_core::FieldError;
 use switchboard_telemetry::Metrics;
@@ -160,6 +158,8 @@ pub(crate) struct AccessInner {
     pub(crate) policies: Arc<Policies>,
     pub(crate) audit_data_plane: bool,
     data_plane: Arc<HashSet<(Method, &'static str)>>,
+    /// The principal every request runs as when authentication is off.
+    anyone: Arc<Principal>,
 }
 
 impl Access {
@@ -181,6 +181,7 @@ impl Access {
             policies: Arc::new(policies),
             audit_data_plane,
             data_plane: Arc::new(data_plane),
+            anyone: Arc::new(Principal::admin("auth-disabled")),
         }))
     }
 }
@@ -344,19 +345,6 @@ impl Caller {
     /// Whether the caller holds `scope`.
     pub(crate) fn can(&self, scope: Scope) -> bool {
         self.principal().is_some_and(|p| p.can(scope))
-    }
-}
-
-/// The principal every request runs as when authentication is disabled.
-fn unauthenticated_admin() -> Principal {
-    Principal {
-        id: "auth-disabled".into(),
-        kind: PrincipalKind::Operator,
-        role: Role::Admin,
-        scopes: Scopes::all(),
-        acl: None,
-        token_id: None,
-        expires_at: None,
     }
 }
 
@@ -554,7 +542,7 @@ pub(crate) async fn admit(
     };
 
     let principal = if !access.auth.enabled() {
-        Some(Arc::new(unauthenticated_admin()))
+        Some(access.anyone.clone())
     } else if rule == Rule::Public {
         None
     } else {
@@ -565,7 +553,7 @@ pub(crate) async fn admit(
                 message: String::new(),
             }),
             // A verified client certificate names its agent.
-            (None, Some(agent)) => access.auth.authenticate_certificate(agent),
+            (None, Some(agent)) => access.auth.authenticate_certificate(agent).map(Arc::new),
             (Some(c), cert) => access.auth.authenticate(c).and_then(|p| {
                 match (p.agent_id(), cert) {
                     (Some(holder), Some(named)) if holder != &**named => Err(AuthFailure {
@@ -590,7 +578,7 @@ pub(crate) async fn admit(
             ApiError::unauthorized(failure_code(&f), f.message.clone())
         });
         match refused {
-            Ok(p) => Some(Arc::new(p)),
+            Ok(p) => Some(p),
             Err(e) => {
                 let resp = e.into_response();
                 return Err(audited(access, None, &at, resp).await);

@@ -312,7 +312,9 @@ struct Inner {
     local_limiter: Option<Arc<LocalLimiter>>,
     audit: AuditLog,
     failures: Mutex<HashMap<IpAddr, FailureWindow>>,
-    admin_token_hash: Option<String>,
+    /// The admin token's SHA-256 (hex) and the principal it stands for,
+    /// made once.
+    admin_token: Option<(String, Arc<Principal>)>,
     identity: Mutex<identity::IdentityState>,
 }
 
@@ -381,7 +383,10 @@ impl Auth {
             audience: config.audience.clone(),
             leeway_s: config.leeway.as_secs(),
         };
-        let admin_token_hash = config.admin_token.as_deref().map(secret::sha256_hex);
+        let admin_token = config.admin_token.as_deref().map(|token| {
+            let admin = Arc::new(Principal::admin("admin-token"));
+            (secret::sha256_hex(token), admin)
+        });
         let auth = Auth(Arc::new(Inner {
             rules,
             store,
@@ -394,7 +399,7 @@ impl Auth {
             local_limiter: Some(local),
             audit,
             failures: Mutex::new(HashMap::new()),
-            admin_token_hash,
+            admin_token,
             identity: Mutex::new(identity::IdentityState::default()),
             config,
         }));
@@ -457,25 +462,17 @@ impl Auth {
 
     /// The principal a bearer credential stands for: an API key
     /// (`sbk_…`), a hub-issued JWT, or the configured admin token.
-    pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthFailure> {
+    pub fn authenticate(&self, credential: &str) -> Result<Arc<Principal>, AuthFailure> {
         if let Some(rest) = credential.strip_prefix(API_KEY_PREFIX) {
-            return self.authenticate_api_key(rest);
+            return self.authenticate_api_key(rest).map(Arc::new);
         }
         if credential.bytes().filter(|b| *b == b'.').count() == 2 {
-            return self.authenticate_jwt(credential);
+            return self.authenticate_jwt(credential).map(Arc::new);
         }
-        if let Some(hash) = &self.0.admin_token_hash
+        if let Some((hash, admin)) = &self.0.admin_token
             && secret::sha256_matches(credential, hash)
         {
-            return Ok(Principal {
-                id: "admin-token".into(),
-                kind: PrincipalKind::Operator,
-                role: Role::Admin,
-                scopes: Scopes::all(),
-                acl: None,
-                token_id: None,
-                expires_at: None,
-            });
+            return Ok(admin.clone());
         }
         Err(AuthFailure::new(
             "unknown_credential",

@@ -53,6 +53,21 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// An operator with the admin role and every scope, known as `id`: the
+    /// admin token's principal, and every caller's when authentication is
+    /// off.
+    pub fn admin(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            kind: PrincipalKind::Operator,
+            role: Role::Admin,
+            scopes: Scopes::all(),
+            acl: None,
+            token_id: None,
+            expires_at: None,
+        }
+    }
+
     /// Whether the principal holds `scope`.
     pub fn can(&self, scope: Scope) -> bool {
         self.scopes.contains(scope)

@@ -44,11 +44,14 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Whether `secret` hashes to `hash_hex`, compared in constant time.
+/// The hex is written on the stack: this runs on every request that
+/// carries an API key or the admin token.
 pub(crate) fn sha256_matches(secret: &str, hash_hex: &str) -> bool {
-    sha256_hex(secret)
-        .as_bytes()
-        .ct_eq(hash_hex.as_bytes())
-        .into()
+    let mut buf = [0u8; 64];
+    match base16ct::lower::encode(&Sha256::digest(secret.as_bytes()), &mut buf) {
+        Ok(hex) => hex.ct_eq(hash_hex.as_bytes()).into(),
+        Err(_) => false,
+    }
 }
 
 /// The argon2id hash of `secret` in PHC string form (salt and parameters
@@ -112,5 +115,12 @@ mod tests {
         assert_eq!(a.len(), 4 + 43);
         assert!(sha256_matches(&a, &sha256_hex(&a)));
         assert!(!sha256_matches(&b, &sha256_hex(&a)));
+        // FIPS 180-2, appendix B.1; only the exact lower-case hex matches.
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert!(sha256_matches("abc", abc));
+        assert!(!sha256_matches("abc", &abc.to_uppercase()));
+        assert!(!sha256_matches("abc", &abc[..63]));
+        assert!(!sha256_matches("abc", &format!("{abc}0")));
+        assert!(!sha256_matches("abc", ""));
     }
 }
