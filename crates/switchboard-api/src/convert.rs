@@ -334,7 +334,27 @@ pub(crate) fn published_frame(reference: Option<&str>, accepted: &[bus::Accepted
         Some(r) => json_str(&mut out, r),
         None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"events\":[");
+    out.extend_from_slice(b",\"events\":");
+    published_list(&mut out, accepted);
+    out.push(b'}');
+    // Only UTF-8 text was written.
+    String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// The answer of `POST /api/v1/events` to a logged publish, `{"events":
+/// […]}`, written directly: the same bytes as a [`wire::PublishAck`] of
+/// [`published`] of each event through serde.
+pub(crate) fn publish_ack(accepted: &[bus::Accepted]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 80 * accepted.len());
+    out.extend_from_slice(b"{\"events\":");
+    published_list(&mut out, accepted);
+    out.push(b'}');
+    out
+}
+
+/// `[…]`, [`published`] of each event as serde writes it.
+fn published_list(out: &mut Vec<u8>, accepted: &[bus::Accepted]) {
+    out.push(b'[');
     for (i, a) in accepted.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -342,23 +362,21 @@ pub(crate) fn published_frame(reference: Option<&str>, accepted: &[bus::Accepted
         match a {
             bus::Accepted::Stored(e) => {
                 out.extend_from_slice(b"{\"id\":");
-                json_str(&mut out, &e.id);
+                json_str(out, &e.id);
                 out.extend_from_slice(b",\"topic\":");
-                json_str(&mut out, &e.topic);
+                json_str(out, &e.topic);
                 out.extend_from_slice(b",\"offset\":");
                 // Writing to a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut out, &e.offset);
+                let _ = serde_json::to_writer(&mut *out, &e.offset);
                 out.push(b'}');
             }
             // Rare: through serde.
             scheduled @ bus::Accepted::Scheduled(_) => {
-                let _ = serde_json::to_writer(&mut out, &published(scheduled.clone()));
+                let _ = serde_json::to_writer(&mut *out, &published(scheduled.clone()));
             }
         }
     }
-    out.extend_from_slice(b"]}");
-    // Only UTF-8 text was written.
-    String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
+    out.push(b']');
 }
 
 /// A JSON value as `serde_json` writes it (compact), strings through
@@ -634,7 +652,8 @@ mod tests {
         }
     }
 
-    /// The answer to a publish written directly is serde's, byte for byte.
+    /// The answers to a publish written directly (the WebSocket frame, the
+    /// HTTP body) are serde's, byte for byte.
     #[test]
     fn published_frame_is_what_serde_writes() {
         let mut quoted = event(7, None, None, json!({}));
@@ -659,6 +678,14 @@ mod tests {
                 );
                 assert_eq!(published_frame(reference, &accepted[..n]), want);
             }
+        }
+        for n in [0, 1, accepted.len()] {
+            let want = wire::PublishAck {
+                events: accepted[..n].iter().cloned().map(published).collect(),
+            };
+            let want = serde_json::to_string(&want).expect("serialize");
+            let got = String::from_utf8(publish_ack(&accepted[..n])).expect("UTF-8");
+            assert_eq!(got, want);
         }
     }
 }

@@ -43,18 +43,25 @@ impl<T: serde::Serialize> axum::response::IntoResponse for AppJson<T> {
     fn into_response(self) -> axum::response::Response {
         let mut buf = Vec::with_capacity(128);
         match serde_json::to_writer(&mut buf, &self.0) {
-            Ok(()) => {
-                let mut resp = axum::response::Response::new(axum::body::Body::from(buf));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    axum::http::HeaderValue::from_static("application/json"),
-                );
-                resp
-            }
+            Ok(()) => JsonText(buf).into_response(),
             Err(e) => {
                 ApiError::internal(format!("could not serialize the answer: {e}")).into_response()
             }
         }
+    }
+}
+
+/// A JSON answer already written (`application/json`).
+pub(crate) struct JsonText(pub(crate) Vec<u8>);
+
+impl axum::response::IntoResponse for JsonText {
+    fn into_response(self) -> axum::response::Response {
+        let mut resp = axum::response::Response::new(axum::body::Body::from(self.0));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        resp
     }
 }
 

@@ -7,6 +7,7 @@ use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::Stream;
 use serde_json::{Map, Value};
 use switchboard_bus::{Bus, Filter, Pattern, ReadFrom, Start, SubscriptionSpec};
@@ -16,7 +17,7 @@ use switchboard_wire::{EventPage, Problem, PublishAck, PublishEvent};
 use crate::access::Caller;
 use crate::convert;
 use crate::error::ApiError;
-use crate::extract::{AppJson, RawBody, parse_any};
+use crate::extract::{AppJson, JsonText, RawBody, parse_any};
 
 /// The page size of `GET /api/v1/events` when `limit` is absent.
 const DEFAULT_READ: u32 = 100;
@@ -55,7 +56,7 @@ pub(crate) async fn publish(
     mode: BodyMode,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
-) -> Result<(StatusCode, AppJson<PublishAck>), ApiError> {
+) -> Result<Response, ApiError> {
     let transient = parse_transient(query.as_deref().unwrap_or(""))?;
     let events = if let BodyMode::Binary(headers) = &mode {
         vec![convert::binary_event(headers, &body)?]
@@ -86,15 +87,11 @@ pub(crate) async fn publish(
             AppJson(PublishAck {
                 events: delivered.into_iter().map(convert::delivered).collect(),
             }),
-        ));
+        )
+            .into_response());
     }
     let stored = bus.publish(events).await?;
-    Ok((
-        StatusCode::CREATED,
-        AppJson(PublishAck {
-            events: stored.into_iter().map(convert::published).collect(),
-        }),
-    ))
+    Ok((StatusCode::CREATED, JsonText(convert::publish_ack(&stored))).into_response())
 }
 
 /// How a publish's body is read, told by its headers: an event in binary
