@@ -36,26 +36,19 @@ async fn prometheus_metrics_count_requests_and_agents() {
         .expect("send");
     // A method the route does not take, a path no route has, and a
     // caller without a credential: each counted under its own labels.
-    let put = hub
-        .http
-        .put(hub.url("/healthz"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(put.status(), 405);
-    let nowhere = hub
-        .http
-        .get(hub.url("/api/v1/nothing-here"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(nowhere.status(), 404);
-    let anonymous = reqwest::Client::new()
-        .get(hub.url("/api/v1/agents"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(anonymous.status(), 401);
+    let anonymous = reqwest::Client::new();
+    for (client, method, path, status) in [
+        (&hub.http, reqwest::Method::PUT, "/healthz", 405),
+        (&hub.http, reqwest::Method::GET, "/api/v1/nothing-here", 404),
+        (&anonymous, reqwest::Method::GET, "/api/v1/agents", 401),
+    ] {
+        let resp = client
+            .request(method, hub.url(path))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), status, "{path}");
+    }
     let resp = hub
         .http
         .get(hub.url("/metrics"))
