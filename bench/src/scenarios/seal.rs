@@ -148,7 +148,7 @@ fn responder(a: &Agents) -> tokio::task::JoinHandle<anyhow::Result<()>> {
                             .publish(&[PublishEvent {
                                 topic: Some(t.to_owned()),
                                 event_type: Some("reply".into()),
-                                data: e.data.clone(),
+                                data: e.data.as_ref().map(switchboard_wire::Payload::from),
                                 extensions: ext,
                                 ..Default::default()
                             }])

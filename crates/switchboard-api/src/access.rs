@@ -304,7 +304,7 @@ impl Caller {
             }
         }
         if event.datacontenttype == switchboard_seal::CONTENT_TYPE {
-            let sealed = sealed_data(event.data.as_ref())?;
+            let sealed = sealed_data(event.data.as_ref().map(switchboard_bus::Data::value))?;
             self.check_sealed(auth, &sealed)?;
         }
         Ok(())

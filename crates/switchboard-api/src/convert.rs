@@ -134,7 +134,7 @@ pub(crate) fn new_event(
         datacontenttype: e
             .datacontenttype
             .unwrap_or_else(|| "application/json".to_owned()),
-        data: e.data,
+        data: e.data.map(|d| bus::Data::from_raw(d.into_raw())),
         extensions: e.extensions,
     })
 }
@@ -195,7 +195,7 @@ pub(crate) fn binary_event(
     } else if crate::extract::is_json(headers.get(axum::http::header::CONTENT_TYPE))
         || !headers.contains_key(axum::http::header::CONTENT_TYPE)
     {
-        match serde_json::from_slice::<Value>(body) {
+        match serde_json::from_slice::<wire::Payload>(body) {
             Ok(v) => Some(v),
             Err(e) => {
                 return Err(crate::ApiError::new(
@@ -207,7 +207,7 @@ pub(crate) fn binary_event(
         }
     } else if content_type.to_ascii_lowercase().starts_with("text/") {
         match std::str::from_utf8(body) {
-            Ok(s) => Some(Value::String(s.to_owned())),
+            Ok(s) => Some(wire::Payload::from(Value::String(s.to_owned()))),
             Err(_) => {
                 errs.push("body", "text data must be UTF-8");
                 None
@@ -295,7 +295,7 @@ fn write_cloud_event(out: &mut Vec<u8>, e: &bus::Event) {
     json_str(out, &e.datacontenttype);
     if let Some(data) = &e.data {
         field(out, "data");
-        json_value(out, data);
+        out.extend_from_slice(data.json().as_bytes());
     }
     for (k, v) in &e.extensions {
         out.push(b',');
@@ -336,6 +336,52 @@ pub(crate) fn published_frame(reference: Option<&str>, accepted: &[bus::Accepted
     }
     out.extend_from_slice(b",\"events\":");
     published_list(&mut out, accepted);
+    out.push(b'}');
+    // Only UTF-8 text was written.
+    String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// A page of the log as `GET /api/v1/events` answers it, a
+/// [`wire::EventPage`], written around each event's rendering (see
+/// [`cloud_event_json`]).
+pub(crate) fn event_page(events: &[bus::Event], next_after: u64) -> Vec<u8> {
+    let rendered: Vec<_> = events.iter().map(cloud_event_json).collect();
+    let size = rendered.iter().map(|r| r.len() + 1).sum::<usize>();
+    let mut out = Vec::with_capacity(40 + size);
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, r) in rendered.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(r.as_bytes());
+    }
+    out.extend_from_slice(b"],\"next_after\":");
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &next_after);
+    out.push(b'}');
+    out
+}
+
+/// A consumer group's `delivery` frame of the WebSocket protocol, written
+/// around the event's rendering (made once per event, see
+/// [`cloud_event_json`]): the JSON serde writes for these fields and
+/// [`cloud_event`] of the event.
+pub(crate) fn delivery_frame(sub: &str, d: &bus::groups::Delivery) -> String {
+    let event = cloud_event_json(&d.event);
+    let mut out = Vec::with_capacity(112 + sub.len() + d.group.len() + event.len());
+    out.extend_from_slice(b"{\"op\":\"delivery\",\"sub\":");
+    json_str(&mut out, sub);
+    out.extend_from_slice(b",\"group\":");
+    json_str(&mut out, &d.group);
+    // Writing to a Vec cannot fail.
+    out.extend_from_slice(b",\"offset\":");
+    let _ = serde_json::to_writer(&mut out, &d.offset);
+    out.extend_from_slice(b",\"attempt\":");
+    let _ = serde_json::to_writer(&mut out, &d.attempt);
+    out.extend_from_slice(b",\"deadline\":");
+    rfc3339(&mut out, d.deadline);
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event.as_bytes());
     out.push(b'}');
     // Only UTF-8 text was written.
     String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
@@ -483,7 +529,7 @@ pub(crate) fn cloud_event(e: bus::Event) -> wire::CloudEvent {
         subject: e.subject,
         time: time(e.time),
         datacontenttype: e.datacontenttype,
-        data: e.data,
+        data: e.data.map(bus::Data::into_value),
         extensions: e.extensions,
     }
 }
@@ -588,7 +634,7 @@ mod tests {
                 subject: subject.map(str::to_owned),
                 time: Some(1_736_942_400_123),
                 datacontenttype: "application/json".into(),
-                data,
+                data: data.map(bus::Data::from),
                 extensions,
             },
             offset,
@@ -649,6 +695,85 @@ mod tests {
             assert_eq!(&*cloud_event_json(&e), wire);
             let back: wire::CloudEvent = serde_json::from_str(&wire).expect("parse");
             assert_eq!(back.offset, e.is_logged().then_some(e.offset));
+        }
+    }
+
+    /// An event's data is written as the text it was published with.
+    #[test]
+    fn data_is_rendered_as_published() {
+        let mut e = event(5, None, None, json!({}));
+        let text = r#"{ "b" : [1, 2.50],  "a":"\u00e9" }"#;
+        e.data = Some(bus::Data::from_json(text.to_owned()).expect("JSON"));
+        let rendered = cloud_event_json(&e);
+        assert!(
+            rendered.contains(&format!(r#""data":{text}"#)),
+            "{rendered}"
+        );
+        let back: wire::CloudEvent = serde_json::from_str(&rendered).expect("parse");
+        assert_eq!(back.data, Some(json!({"a": "é", "b": [1, 2.5]})));
+    }
+
+    /// A page of the log is what serde writes for a `wire::EventPage`.
+    #[test]
+    fn event_page_is_what_serde_writes() {
+        let events = vec![
+            event(
+                1,
+                Some("s"),
+                Some(json!({"k": "v"})),
+                json!({"partitionkey": "p"}),
+            ),
+            event(2, None, None, json!({})),
+        ];
+        for (events, next) in [(vec![], 0), (events[..1].to_vec(), 1), (events, u64::MAX)] {
+            let serde = serde_json::to_vec(&wire::EventPage {
+                events: events.iter().cloned().map(cloud_event).collect(),
+                next_after: next,
+            })
+            .expect("serde");
+            assert_eq!(event_page(&events, next), serde);
+        }
+    }
+
+    /// A `delivery` frame is what serde writes for its fields, whatever
+    /// the order of its keys.
+    #[test]
+    fn delivery_frame_is_the_wire_form() {
+        for (sub, group, e) in [
+            (
+                "s1",
+                "g",
+                event(
+                    3,
+                    Some("x"),
+                    Some(json!({"k": [1]})),
+                    json!({"partitionkey": "p"}),
+                ),
+            ),
+            (
+                "a \"q\" \\",
+                "grp\n",
+                event(u64::MAX, None, None, json!({})),
+            ),
+        ] {
+            let d = bus::groups::Delivery {
+                group: group.into(),
+                offset: e.offset,
+                attempt: 2,
+                deadline: 1_736_942_400_123,
+                event: std::sync::Arc::new(e.clone()),
+            };
+            let frame: Value = serde_json::from_str(&delivery_frame(sub, &d)).expect("JSON");
+            let wanted = json!({
+                "op": "delivery",
+                "sub": sub,
+                "group": group,
+                "offset": e.offset,
+                "attempt": 2,
+                "deadline": time(d.deadline),
+                "event": cloud_event(e),
+            });
+            assert_eq!(frame, wanted);
         }
     }
 

@@ -1,5 +1,8 @@
 //! Events: CloudEvents 1.0, with Switchboard's extension attributes.
 
+use std::sync::OnceLock;
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use switchboard_core::{FieldErrors, UnixMillis};
 
@@ -31,6 +34,11 @@ pub mod ext {
     pub const DELAY_MS: &str = "delayms";
 }
 
+/// The deepest nesting of arrays and objects in an event's data: parsed
+/// on its own, data this deep always parses (serde_json refuses a
+/// document nested 128 deep).
+pub const MAX_DATA_DEPTH: usize = 126;
+
 /// The furthest ahead an event may be scheduled.
 pub const MAX_SCHEDULE_AHEAD_MS: i64 = 30 * 24 * 3600 * 1000;
 
@@ -50,6 +58,129 @@ const RESERVED: &[&str] = &[
     ext::TOPIC,
 ];
 
+/// An event's payload: the JSON text it was published with. It is
+/// stored, sent and compared as that text, and parsed, once, only when
+/// something looks inside it (a payload filter, a handler of the hub's own
+/// events), as a broker keeps a message's body as bytes.
+#[derive(Clone)]
+pub struct Data {
+    json: Box<RawValue>,
+    parsed: OnceLock<Value>,
+}
+
+impl Data {
+    /// Valid JSON text, held as it is.
+    pub fn from_raw(json: Box<RawValue>) -> Self {
+        Self {
+            json,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// `text` if it is valid JSON (as the log stores it).
+    pub fn from_json(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(Self::from_raw)
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+
+    /// The payload parsed, on first use.
+    pub fn value(&self) -> &Value {
+        // The text is valid JSON: it was parsed once to be held.
+        self.parsed
+            .get_or_init(|| serde_json::from_str(self.json()).unwrap_or(Value::Null))
+    }
+
+    /// The payload parsed.
+    pub fn into_value(self) -> Value {
+        match self.parsed.into_inner() {
+            Some(v) => v,
+            None => serde_json::from_str(self.json.get()).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The text, to be held elsewhere without a copy.
+    pub fn into_raw(self) -> Box<RawValue> {
+        self.json
+    }
+
+    /// Whether its arrays and objects nest deeper than `n`: at once when
+    /// it opens no more than `n` of them (a count the compiler makes a
+    /// vector loop), else by [`Data::depth`].
+    pub fn nests_deeper_than(&self, n: usize) -> bool {
+        // `[` is `{` but for the bit 0x20, which no other byte shares
+        // with them. Counted in bytes, 255 at a time, which the compiler
+        // turns into vector instructions.
+        let opens: usize = self
+            .json()
+            .as_bytes()
+            .chunks(255)
+            .map(|c| {
+                let n = c
+                    .iter()
+                    .fold(0u8, |n, &b| n.wrapping_add(u8::from(b | 0x20 == b'{')));
+                usize::from(n)
+            })
+            .sum();
+        opens > n && self.depth() > n
+    }
+
+    /// How deep its arrays and objects nest (0 for a scalar).
+    pub fn depth(&self) -> usize {
+        let (mut depth, mut deepest) = (0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for b in self.json().bytes() {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+}
+
+impl From<Value> for Data {
+    fn from(v: Value) -> Self {
+        // A `Value` always serializes.
+        let json =
+            serde_json::value::to_raw_value(&v).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        Self {
+            json,
+            parsed: OnceLock::from(v),
+        }
+    }
+}
+
+/// The same JSON value, however it is written.
+impl PartialEq for Data {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json() || self.value() == other.value()
+    }
+}
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Data").field(&self.json()).finish()
+    }
+}
+
 /// An event to publish, before it has a place in the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -68,7 +199,7 @@ pub struct NewEvent {
     /// The media type of `data`.
     pub datacontenttype: String,
     /// The payload.
-    pub data: Option<Value>,
+    pub data: Option<Data>,
     /// Extension attributes (lower-case names, scalar values).
     pub extensions: Map<String, Value>,
 }
@@ -96,7 +227,7 @@ pub struct Event {
     /// See [`NewEvent::datacontenttype`].
     pub datacontenttype: String,
     /// See [`NewEvent::data`].
-    pub data: Option<Value>,
+    pub data: Option<Data>,
     /// See [`NewEvent::extensions`].
     pub extensions: Map<String, Value>,
     /// Its wire form, made once however many subscribers receive it.
@@ -173,7 +304,7 @@ impl NewEvent {
             subject: Some(subject.to_owned()),
             time: Some(time),
             datacontenttype: "application/json".to_owned(),
-            data: Some(data),
+            data: Some(Data::from(data)),
             extensions: Map::new(),
         }
     }
@@ -189,6 +320,16 @@ impl NewEvent {
         }
         if let Err(r) = topic::check_topic(&self.topic) {
             errs.push(format!("{prefix}topic"), r);
+        }
+        if self
+            .data
+            .as_ref()
+            .is_some_and(|d| d.nests_deeper_than(MAX_DATA_DEPTH))
+        {
+            errs.push(
+                format!("{prefix}data"),
+                format!("must not nest arrays and objects more than {MAX_DATA_DEPTH} deep"),
+            );
         }
         if !json_or_text(&self.datacontenttype) {
             errs.push(
@@ -329,6 +470,42 @@ mod tests {
             .into_iter()
             .map(|f| f.field)
             .collect()
+    }
+
+    #[test]
+    fn data_is_held_as_its_text_and_parsed_on_use() {
+        let text = r#"{"a": [1, {"b": "]}\\\" [{"}], "c": {}}"#;
+        let d = Data::from_json(text.to_owned()).expect("JSON");
+        assert_eq!(d.json(), text);
+        assert_eq!(d.depth(), 3);
+        // Six opened (two of them inside a string), three deep.
+        assert!(d.nests_deeper_than(2));
+        assert!(!d.nests_deeper_than(3));
+        assert!(!d.nests_deeper_than(4));
+        assert_eq!(d.value()["a"][1]["b"], "]}\\\" [{");
+        assert_eq!(
+            d,
+            Data::from(serde_json::json!({"c": {}, "a": [1, {"b": "]}\\\" [{"}]}))
+        );
+        assert_ne!(d, Data::from(serde_json::json!({"c": {}})));
+        assert_eq!(Data::from_json("7".into()).expect("JSON").depth(), 0);
+        assert!(Data::from_json("{\"a\":".into()).is_err());
+    }
+
+    #[test]
+    fn data_nested_too_deep_is_refused_and_the_deepest_allowed_parses() {
+        let nested = |n: usize| {
+            let text = format!("{}{}", "[".repeat(n), "]".repeat(n));
+            let mut e = event("application/json");
+            e.data = Some(Data::from_json(text).expect("JSON"));
+            e
+        };
+        let deepest = nested(MAX_DATA_DEPTH);
+        assert!(bad_fields(&deepest).is_empty());
+        let data = deepest.data.as_ref().expect("data");
+        assert_eq!(data.depth(), MAX_DATA_DEPTH);
+        assert!(data.value().is_array(), "the deepest allowed parses");
+        assert_eq!(bad_fields(&nested(MAX_DATA_DEPTH + 1)), ["events[1].data"]);
     }
 
     #[test]

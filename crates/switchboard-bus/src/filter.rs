@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::event::Data;
+
 /// The most clauses in one filter.
 pub const MAX_CLAUSES: usize = 32;
 
@@ -46,8 +48,17 @@ impl Filter {
         self.clauses.is_empty()
     }
 
-    /// Whether an event with `data` passes.
-    pub fn matches(&self, data: Option<&Value>) -> bool {
+    /// Whether an event with `data` passes; the data is parsed only if a
+    /// clause looks inside it.
+    pub fn matches(&self, data: Option<&Data>) -> bool {
+        if self.clauses.is_empty() {
+            return true;
+        }
+        self.matches_value(data.map(Data::value))
+    }
+
+    /// [`Filter::matches`] on data parsed.
+    fn matches_value(&self, data: Option<&Value>) -> bool {
         self.clauses.iter().all(|(path, allowed)| {
             let mut v = data;
             for p in path {
@@ -70,18 +81,28 @@ mod tests {
     #[test]
     fn matches_any_listed_value_on_every_field() {
         let filter = f(json!({"priority": ["high", "critical"], "project_id": "proj-456"}));
-        assert!(filter.matches(Some(
+        assert!(filter.matches_value(Some(
             &json!({"priority": "high", "project_id": "proj-456", "x": 1})
         )));
-        assert!(filter.matches(Some(
+        assert!(filter.matches_value(Some(
             &json!({"priority": "critical", "project_id": "proj-456"})
         )));
-        assert!(!filter.matches(Some(&json!({"priority": "low", "project_id": "proj-456"}))));
-        assert!(!filter.matches(Some(&json!({"priority": "high"}))));
-        assert!(!filter.matches(None));
+        assert!(!filter.matches_value(Some(&json!({"priority": "low", "project_id": "proj-456"}))));
+        assert!(!filter.matches_value(Some(&json!({"priority": "high"}))));
+        assert!(!filter.matches_value(None));
         let nested = f(json!({"task.owner.team": "core", "n": [1, 2]}));
-        assert!(nested.matches(Some(&json!({"task": {"owner": {"team": "core"}}, "n": 2}))));
-        assert!(!nested.matches(Some(&json!({"task": {"owner": "core"}, "n": 2}))));
+        assert!(nested.matches_value(Some(&json!({"task": {"owner": {"team": "core"}}, "n": 2}))));
+        assert!(!nested.matches_value(Some(&json!({"task": {"owner": "core"}, "n": 2}))));
+        assert!(f(json!({})).matches_value(None));
+    }
+
+    #[test]
+    fn matches_data_as_published() {
+        let text = |t: &str| Data::from_json(t.to_owned()).expect("JSON");
+        let filter = f(json!({"priority": "high", "n": 2.5}));
+        assert!(filter.matches(Some(&text(r#"{ "n" : 2.50, "priority":"high" }"#))));
+        assert!(!filter.matches(Some(&text(r#"{"n": 2.5, "priority": "low"}"#))));
+        assert!(!filter.matches(Some(&text("[1, 2]"))));
         assert!(f(json!({})).matches(None));
     }
 

@@ -38,7 +38,7 @@ mod subscription;
 pub mod topic;
 
 pub use error::BusError;
-pub use event::{Event, NewEvent};
+pub use event::{Data, Event, NewEvent};
 pub use filter::Filter;
 pub use log::{EventLog, ReadFrom, Scheduled, Trimmed, Wanted};
 pub use subscription::{Start, Subscription, SubscriptionSpec};

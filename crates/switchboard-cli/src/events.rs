@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 use switchboard_client::{Client, EventQuery, From};
-use switchboard_wire::{CloudEvent, PublishEvent};
+use switchboard_wire::{CloudEvent, Payload, PublishEvent};
 
 use crate::output;
 
@@ -116,7 +116,7 @@ pub(crate) async fn publish(client: Client, json: bool, args: PublishArgs) -> an
             let data = args
                 .data
                 .as_deref()
-                .map(serde_json::from_str::<Value>)
+                .map(serde_json::from_str::<Payload>)
                 .transpose()
                 .context("--data must be JSON (quote strings: '\"text\"')")?;
             let mut extensions = Map::new();

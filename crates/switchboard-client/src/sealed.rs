@@ -26,7 +26,7 @@ use switchboard_seal::{
 };
 use switchboard_wire::{
     AgentKey, AgentKeys as KeyDirectory, CloudEvent, KeyChallenge, KeyChallengeRequest,
-    MessageSent, PublishEvent, RegisterKeysRequest, RevokeKeyRequest, SendMessageRequest,
+    MessageSent, Payload, PublishEvent, RegisterKeysRequest, RevokeKeyRequest, SendMessageRequest,
 };
 
 use crate::{Client, ClientError, encode};
@@ -417,10 +417,9 @@ impl Channel {
             event_type: Some("reply".into()),
             topic: Some(topic.clone()),
             datacontenttype: Some(CONTENT_TYPE.into()),
-            data: Some(
-                serde_json::to_value(&sealed)
-                    .map_err(|e| SealedError::NotSealed(format!("the reply as JSON: {e}")))?,
-            ),
+            data: Some(Payload::from(serde_json::to_value(&sealed).map_err(
+                |e| SealedError::NotSealed(format!("the reply as JSON: {e}")),
+            )?)),
             extensions,
             ..Default::default()
         };

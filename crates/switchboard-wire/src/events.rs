@@ -2,8 +2,59 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
+
+/// An event's payload as JSON text: read from a body without being parsed
+/// into a [`Value`], so the hub stores and sends on the text it was given.
+/// Two payloads are equal when they hold the same JSON value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The payload parsed.
+    pub fn to_value(&self) -> Value {
+        // The text is valid JSON: it was parsed once to be held.
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+
+    /// The text, to be held elsewhere without a copy.
+    pub fn into_raw(self) -> Box<RawValue> {
+        self.0
+    }
+}
+
+impl From<Box<RawValue>> for Payload {
+    fn from(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
+}
+
+impl From<&Value> for Payload {
+    fn from(v: &Value) -> Self {
+        // A `Value` always serializes.
+        Self(serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Self {
+        Self::from(&v)
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
+}
 
 /// A CloudEvents 1.0 event as published (JSON structured mode).
 ///
@@ -44,7 +95,7 @@ pub struct PublishEvent {
     /// The payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub data: Option<Value>,
+    pub data: Option<Payload>,
     /// Extension attributes.
     #[serde(flatten)]
     #[schema(value_type = Object)]
@@ -242,7 +293,8 @@ mod tests {
             Some(1_768_478_400_000)
         );
         assert_eq!(e.datacontenttype.as_deref(), Some("text/plain"));
-        assert_eq!(e.data, Some(json!({"n": [1, 2]})));
+        assert_eq!(e.data.as_ref().map(Payload::get), Some(r#"{"n":[1,2]}"#));
+        assert_eq!(e.data, Some(Payload::from(json!({"n": [1, 2]}))));
         let ext = Value::Object(e.extensions.clone());
         assert_eq!(
             ext,
@@ -250,6 +302,22 @@ mod tests {
         );
         // What it parses, it writes back the same way.
         assert_eq!(parse(&serde_json::to_string(&e).expect("writes")), Ok(e));
+    }
+
+    #[test]
+    fn data_is_kept_as_the_text_given() {
+        let e = parse(r#"{"data": { "n" : [1, 2.50], "s": "\u00e9" } }"#).expect("parses");
+        let data = e.data.expect("data");
+        assert_eq!(data.get(), r#"{ "n" : [1, 2.50], "s": "\u00e9" }"#);
+        // Equal to the same value written any other way, not to another.
+        assert_eq!(data, Payload::from(json!({"s": "é", "n": [1, 2.5]})));
+        assert_ne!(data, Payload::from(json!({"s": "é", "n": [1, 2.6]})));
+        assert_eq!(data.to_value(), json!({"s": "é", "n": [1, 2.5]}));
+        for scalar in ["0", "\"x\"", "true", "[]"] {
+            let e = parse(&format!(r#"{{"data":{scalar}}}"#)).expect("parses");
+            assert_eq!(e.data.as_ref().map(Payload::get), Some(scalar));
+        }
+        assert!(parse(r#"{"data": {"a": }}"#).is_err());
     }
 
     #[test]

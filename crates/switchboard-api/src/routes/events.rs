@@ -253,17 +253,14 @@ pub(crate) async fn read(
     State(bus): State<Bus>,
     caller: Caller,
     RawQuery(query): RawQuery,
-) -> Result<AppJson<EventPage>, ApiError> {
+) -> Result<JsonText, ApiError> {
     let sel = parse_selection(query.as_deref().unwrap_or(""), None)?;
     caller.may_subscribe_all(&sel.patterns)?;
     let from = sel.start.unwrap_or(ReadFrom::After(0));
     let (events, next) = bus
         .read(&sel.patterns, &sel.filter, from, sel.limit)
         .await?;
-    Ok(AppJson(EventPage {
-        events: events.into_iter().map(convert::cloud_event).collect(),
-        next_after: next,
-    }))
+    Ok(JsonText(convert::event_page(&events, next)))
 }
 
 /// Stream events as Server-Sent Events: each message's `id` is the event's

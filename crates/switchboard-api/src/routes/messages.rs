@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 use switchboard_bus::event::ext;
-use switchboard_bus::{Accepted, NewEvent, Pattern, Start, SubscriptionSpec};
+use switchboard_bus::{Accepted, Data, NewEvent, Pattern, Start, SubscriptionSpec};
 use switchboard_core::{FieldErrors, ident};
 use switchboard_registry::{AgentFilter, AgentQuery, AgentStatus, MAX_PAGE};
 use switchboard_wire::{MessageSent, Problem, RequestReply, SendMessageRequest};
@@ -232,12 +232,11 @@ async fn prepare(
     let (datacontenttype, data) = match sealed {
         Some(s) => (
             switchboard_seal::CONTENT_TYPE.to_owned(),
-            Some(
-                serde_json::to_value(&s)
-                    .map_err(|e| ApiError::internal(format!("a sealed message as JSON: {e}")))?,
-            ),
+            Some(Data::from(serde_json::to_value(&s).map_err(|e| {
+                ApiError::internal(format!("a sealed message as JSON: {e}"))
+            })?)),
         ),
-        None => ("application/json".to_owned(), body.data),
+        None => ("application/json".to_owned(), body.data.map(Data::from)),
     };
     let event = NewEvent {
         id: uuid::Uuid::now_v7().to_string(),

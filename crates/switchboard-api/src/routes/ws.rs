@@ -61,6 +61,7 @@ use axum::response::Response;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink};
 use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 use switchboard_bus::groups::{ConsumerSpec, Groups, Outcome};
 use switchboard_bus::{Bus, BusError, Filter, Pattern, Start, SubscriptionSpec};
@@ -220,17 +221,19 @@ enum Request {
     Unsubscribe {
         id: String,
     },
+    /// Read as a [`PublishFrame`] first; this reads only that the frame
+    /// is one (an event's `data` cannot be read from serde's buffer).
     Publish {
         #[serde(default, rename = "ref")]
-        reference: Option<String>,
-        #[serde(default)]
-        event: Option<PublishEvent>,
-        #[serde(default)]
-        events: Option<Vec<PublishEvent>>,
-        #[serde(default)]
-        transient: bool,
-        #[serde(default)]
-        quiet: bool,
+        _reference: IgnoredAny,
+        #[serde(default, rename = "event")]
+        _event: IgnoredAny,
+        #[serde(default, rename = "events")]
+        _events: IgnoredAny,
+        #[serde(default, rename = "transient")]
+        _transient: IgnoredAny,
+        #[serde(default, rename = "quiet")]
+        _quiet: IgnoredAny,
     },
     Consume {
         id: String,
@@ -642,15 +645,18 @@ impl Conn {
     async fn handle(&mut self, frame: &str, replies: &mut FuturesOrdered<Pending>) {
         // Most frames of a busy publisher are publishes: read as one first,
         // without the buffer of the tagged `Request` (serde copies a whole
-        // internally tagged object before reading it). Anything else, a
-        // bad publish included, is read as a `Request`, whose errors name
-        // the problem.
-        if let Ok(publish) = serde_json::from_str::<PublishFrame>(frame) {
-            self.take_publish(publish, replies);
-            return;
-        }
+        // internally tagged object before reading it). Anything else is
+        // read as a `Request`, whose errors name the problem; a bad
+        // publish is told what kept it from reading as one.
+        let not_publish = match serde_json::from_str::<PublishFrame>(frame) {
+            Ok(publish) => {
+                self.take_publish(publish, replies);
+                return;
+            }
+            Err(e) => e,
+        };
         self.flush_transient(replies);
-        if let Some(reply) = self.answer(frame, replies).await {
+        if let Some(reply) = self.answer(frame, not_publish).await {
             self.queue(replies, reply);
         }
     }
@@ -737,14 +743,10 @@ impl Conn {
         })
     }
 
-    /// Answers a frame that did not read as a publish, as a `Request`:
-    /// `None` when there is nothing to say (or a publish, taken as
-    /// [`Conn::take_publish`] does), otherwise the answer.
-    async fn answer(
-        &mut self,
-        frame: &str,
-        replies: &mut FuturesOrdered<Pending>,
-    ) -> Option<Pending> {
+    /// Answers a frame that did not read as a publish (`not_publish`
+    /// says why), as a `Request`: `None` when there is nothing to say,
+    /// otherwise the answer.
+    async fn answer(&mut self, frame: &str, not_publish: serde_json::Error) -> Option<Pending> {
         let req: Request = match serde_json::from_str(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -781,24 +783,13 @@ impl Conn {
                     Value::Null,
                 ),
             },
-            Request::Publish {
-                reference,
-                event,
-                events,
-                transient,
-                quiet,
-            } => {
-                let publish = PublishFrame {
-                    _op: PublishOp::Publish,
-                    reference,
-                    event,
-                    events,
-                    transient,
-                    quiet,
-                };
-                self.take_publish(publish, replies);
-                return None;
-            }
+            // It did not read as a `PublishFrame`: that error says why.
+            Request::Publish { .. } => error_frame(
+                None,
+                "INVALID_FRAME",
+                &format!("{not_publish}"),
+                Value::Null,
+            ),
             Request::Consume {
                 id,
                 group,
@@ -904,16 +895,8 @@ impl Conn {
         let state = (consumer, id.clone());
         let frames = futures_util::stream::unfold(state, |(mut consumer, sub_id)| async move {
             let d = consumer.next().await?;
-            let frame = json!({
-                "op": "delivery",
-                "sub": &sub_id,
-                "group": &*d.group,
-                "offset": d.offset,
-                "attempt": d.attempt,
-                "deadline": convert::time(d.deadline),
-                "event": convert::cloud_event((*d.event).clone()),
-            });
-            Some((text(&frame), (consumer, sub_id)))
+            let frame = convert::delivery_frame(&sub_id, &d);
+            Some((Message::Text(Utf8Bytes::from(frame)), (consumer, sub_id)))
         });
         self.feeds.insert(id.clone(), Box::pin(frames));
         text(&json!({"op": "consuming", "id": id, "group": group}))

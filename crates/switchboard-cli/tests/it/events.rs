@@ -236,8 +236,12 @@ fn url_encode(s: &str) -> String {
 #[tokio::test]
 async fn bad_events_are_refused_whole_with_each_field_named() {
     let hub = TestHub::start().await.expect("hub");
+    // Arrays in arrays 127 deep: one level deeper than an event's data
+    // may go.
+    let too_deep = (0..127).fold(json!(1), |v, _| json!([v]));
     let cases = [
         (json!({"data": 1}), 422, vec!["topic"]),
+        (json!({"topic": "t", "data": too_deep}), 422, vec!["data"]),
         (json!({"topic": "a..b"}), 422, vec!["topic"]),
         (json!({"topic": "task.*"}), 422, vec!["topic"]),
         (
@@ -315,6 +319,58 @@ async fn bad_events_are_refused_whole_with_each_field_named() {
     }
     // Nothing of the refused batches was stored.
     assert!(topics(&read(&hub, "").await).is_empty());
+}
+
+/// An event's data comes back as the JSON text it was published with,
+/// spacing and number forms included, from the log and live.
+#[tokio::test]
+async fn data_comes_back_as_the_text_published() {
+    let hub = TestHub::start().await.expect("hub");
+    let data = r#"{ "price" : 1.50, "tags":["a" , "b"], "note": "caf\u00e9" }"#;
+    let mut stream = hub
+        .http
+        .get(hub.url("/api/v1/events/stream?topic=raw.>"))
+        .send()
+        .await
+        .expect("stream");
+    let body = format!(r#"{{"topic": "raw.text", "data": {data}}}"#);
+    let resp = hub
+        .http
+        .post(hub.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let field = format!(r#""data":{data}"#);
+
+    let page = hub
+        .http
+        .get(hub.url("/api/v1/events?topic=raw.>"))
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.expect("text");
+    assert!(page.contains(&field), "{page}");
+    let parsed: Value = serde_json::from_str(&page).expect("JSON");
+    assert_eq!(
+        parsed["events"][0]["data"],
+        json!({"price": 1.5, "tags": ["a", "b"], "note": "café"})
+    );
+
+    // Live, over SSE.
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&field) {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("the event within 10 s")
+            .expect("read")
+            .expect("open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
 }
 
 #[tokio::test]

@@ -145,6 +145,28 @@ async fn bad_frames_get_error_frames_and_the_connection_survives() {
             assert_eq!(e["errors"][0]["field"], field, "{frame}: {e}");
         }
     }
+    // A publish that does not read as one is told what is wrong with it,
+    // whatever comes before (data included).
+    for (frame, says) in [
+        (
+            r#"{"op": "publish", "event": {"data": {"a": [1]}, "topic": 5}}"#,
+            "invalid type: integer `5`, expected a string",
+        ),
+        (
+            r#"{"op": "publish", "event": {"topic": "ok", "data": 1}, "colour": "red"}"#,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"op": "publish", "events": {"topic": "ok"}}"#,
+            "expected a sequence",
+        ),
+    ] {
+        ws.send(Message::Text(frame.into())).await.expect("send");
+        let e = recv(&mut ws).await;
+        assert_eq!(e["code"], "INVALID_FRAME", "{frame}: {e}");
+        let message = e["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{frame}: {e}");
+    }
     ws.send(Message::Binary(vec![1, 2, 3].into()))
         .await
         .expect("send");

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use switchboard_bus::log::{Appending, Wanted};
-use switchboard_bus::{Event, EventLog, NewEvent, Pattern, ReadFrom, Scheduled, Trimmed};
+use switchboard_bus::{Data, Event, EventLog, NewEvent, Pattern, ReadFrom, Scheduled, Trimmed};
 use switchboard_core::{Clock, StorageError, UnixMillis};
 use tokio::sync::watch;
 
@@ -565,9 +565,9 @@ fn note(seen: &Seen, stamp: UnixMillis, events: &[&NewEvent], seqs: &[u64]) {
 }
 
 /// The stored form of an event's computed columns.
-pub(crate) struct EventRow {
+pub(crate) struct EventRow<'e> {
     /// `data` as JSON text.
-    pub(crate) data: Option<String>,
+    pub(crate) data: Option<&'e str>,
     /// The extensions as a JSON object's text.
     pub(crate) extensions: String,
     /// Bytes stored (attributes and data), for retention by size.
@@ -577,8 +577,8 @@ pub(crate) struct EventRow {
 }
 
 /// The computed columns of `e`.
-pub(crate) fn event_row(e: &NewEvent) -> EventRow {
-    let data = e.data.as_ref().map(Value::to_string);
+pub(crate) fn event_row(e: &NewEvent) -> EventRow<'_> {
+    let data = e.data.as_ref().map(Data::json);
     // A map of JSON values always serializes.
     let extensions = serde_json::to_string(&e.extensions).unwrap_or_else(|_| "{}".to_owned());
     let size = e.id.len()
@@ -587,7 +587,7 @@ pub(crate) fn event_row(e: &NewEvent) -> EventRow {
         + e.topic.len()
         + e.subject.as_ref().map_or(0, String::len)
         + e.datacontenttype.len()
-        + data.as_ref().map_or(0, String::len)
+        + data.map_or(0, str::len)
         + extensions.len();
     let key = e.extensions.get(PARTITION_KEY).map(|v| match v {
         Value::String(s) => s.clone(),
@@ -735,7 +735,7 @@ impl Columns {
     fn event(self) -> Result<Event, StorageError> {
         let data = self
             .data
-            .map(|d| serde_json::from_str(&d).map_err(|e| corrupt("event data", e)))
+            .map(|d| Data::from_json(d).map_err(|e| corrupt("event data", e)))
             .transpose()?;
         let extensions: Map<String, Value> =
             serde_json::from_str(&self.extensions).map_err(|e| corrupt("event extensions", e))?;
@@ -931,7 +931,7 @@ mod tests {
             subject: None,
             time: None,
             datacontenttype: "application/json".into(),
-            data: Some(serde_json::json!({ "id": id })),
+            data: Some(serde_json::json!({ "id": id }).into()),
             extensions: Map::new(),
         }
     }
@@ -1002,7 +1002,7 @@ mod tests {
             start: switchboard_bus::Start::Now,
         });
         let level = |e: NewEvent, level: &str| NewEvent {
-            data: Some(serde_json::json!({ "level": level })),
+            data: Some(serde_json::json!({ "level": level }).into()),
             ..e
         };
         store.append(vec![on("x.y", "2")], 0).await.expect("append");

@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use switchboard_bus::groups::{
     Backoff, DeadLetter, GroupOp, GroupRecord, GroupSpec, GroupStore, PendingItem,
 };
-use switchboard_bus::{Event, Pattern};
+use switchboard_bus::{Data, Event, Pattern};
 use switchboard_core::StorageError;
 
 use super::SqliteStore;
@@ -450,7 +450,7 @@ fn event_to_json(e: &Event) -> String {
         "subject": e.subject,
         "time": e.time,
         "datacontenttype": e.datacontenttype,
-        "data": e.data,
+        "data": e.data.as_ref().map(Data::value),
         "extensions": e.extensions,
     })
     .to_string()
@@ -473,7 +473,11 @@ fn event_from_json(text: &str) -> Result<Event, StorageError> {
         subject: v.get("subject").and_then(Value::as_str).map(str::to_owned),
         time: v.get("time").and_then(Value::as_i64).unwrap_or(0),
         datacontenttype: s("datacontenttype")?,
-        data: v.get("data").cloned().filter(|d| !d.is_null()),
+        data: v
+            .get("data")
+            .filter(|d| !d.is_null())
+            .cloned()
+            .map(Data::from),
         extensions: v
             .get("extensions")
             .and_then(Value::as_object)

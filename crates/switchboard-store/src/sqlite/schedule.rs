@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 use sqlx::Connection;
 use sqlx::Row;
-use switchboard_bus::{NewEvent, Scheduled};
+use switchboard_bus::{Data, NewEvent, Scheduled};
 use switchboard_core::{StorageError, UnixMillis};
 
 use super::SqliteStore;
@@ -34,7 +34,7 @@ impl SqliteStore {
             .bind(&e.subject)
             .bind(e.time.unwrap_or(at))
             .bind(&e.datacontenttype)
-            .bind(e.data.as_ref().map(Value::to_string))
+            .bind(e.data.as_ref().map(Data::json))
             .bind(Value::Object(e.extensions.clone()).to_string())
             .execute(&mut *tx)
             .await
@@ -92,7 +92,7 @@ impl SqliteStore {
                 time: Some(row.try_get("time").map_err(ctx)?),
                 datacontenttype: row.try_get("datacontenttype").map_err(ctx)?,
                 data: data
-                    .map(|d| serde_json::from_str(&d).map_err(|e| corrupt("held event data", e)))
+                    .map(|d| Data::from_json(d).map_err(|e| corrupt("held event data", e)))
                     .transpose()?,
                 extensions: serde_json::from_str::<Map<String, Value>>(&ext)
                     .map_err(|e| corrupt("held event extensions", e))?,

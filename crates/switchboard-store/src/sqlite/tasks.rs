@@ -79,7 +79,7 @@ fn events_json(
         subject: Option<&'a str>,
         time: UnixMillis,
         datacontenttype: &'a str,
-        data: Option<String>,
+        data: Option<&'a str>,
         extensions: String,
         size: i64,
         key: Option<String>,

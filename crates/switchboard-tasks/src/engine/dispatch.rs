@@ -156,7 +156,7 @@ impl Engine {
 
     /// Follows the registry: new agents, agents that go away.
     pub(super) fn on_agent_event(&mut self, e: &Arc<switchboard_bus::Event>, now: UnixMillis) {
-        let Some(data) = e.data.as_ref() else {
+        let Some(data) = e.data.as_ref().map(switchboard_bus::Data::value) else {
             return;
         };
         let Some(id) = data.get("agent_id").and_then(Value::as_str) else {
