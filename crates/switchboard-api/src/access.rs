@@ -32,7 +32,7 @@ use switchboard_core::FieldError;
 use switchboard_telemetry::Metrics;
 use tower::{Layer, Service};
 
-use crate::context::RequestContext;
+use crate::context;
 use crate::error::{ApiError, ErrorCode};
 use crate::middleware::Around;
 
@@ -498,8 +498,8 @@ pub(crate) struct Head<'r> {
 impl<'r> Head<'r> {
     pub(crate) fn of(req: &'r Request) -> Self {
         let (ip, certificate) = peer(req);
-        let (path, correlation) = match req.extensions().get::<RequestContext>() {
-            Some(c) => (c.path.clone(), c.correlation_id.clone()),
+        let (path, correlation) = match context::current() {
+            Some(c) => (c.path, c.correlation_id),
             None => (Arc::from(req.uri().path()), Arc::from("")),
         };
         Self {

@@ -56,9 +56,9 @@ fn correlation_id(headers: &HeaderMap) -> Arc<str> {
         )
 }
 
-/// Runs `f` with the context of `req` and echoes the correlation id on
-/// its answer.
-pub(crate) async fn scoped<F, Fut>(mut req: Request, f: F) -> Response
+/// Runs `f` with the context of `req` (see [`current`]) and echoes the
+/// correlation id on its answer.
+pub(crate) async fn scoped<F, Fut>(req: Request, f: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: std::future::Future<Output = Response>,
@@ -67,7 +67,6 @@ where
         correlation_id: correlation_id(req.headers()),
         path: Arc::from(req.uri().path()),
     };
-    req.extensions_mut().insert(ctx.clone());
     let id = ctx.correlation_id.clone();
     let mut resp = CONTEXT.scope(ctx, f(req)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {

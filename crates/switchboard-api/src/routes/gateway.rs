@@ -21,7 +21,7 @@ use switchboard_wire::{
 };
 
 use crate::access::{self, Access, ClientAddr, Rule};
-use crate::context::RequestContext;
+use crate::context;
 use crate::error::ApiError;
 use crate::extract::AppJson;
 
@@ -119,9 +119,7 @@ fn context(req: &Request, path: String, route: Option<String>) -> CallContext {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned),
-        request_id: req
-            .extensions()
-            .get::<RequestContext>()
+        request_id: context::current()
             .map(|c| c.correlation_id.to_string())
             .unwrap_or_default(),
         path_and_query,

@@ -151,8 +151,7 @@ pub(crate) async fn upgrade(
         source: extensions
             .get::<axum::extract::ConnectInfo<crate::access::ClientAddr>>()
             .map_or_else(String::new, |c| c.0.addr.ip().to_string()),
-        correlation: extensions
-            .get::<crate::context::RequestContext>()
+        correlation: crate::context::current()
             .map_or_else(String::new, |c| c.correlation_id.to_string()),
     };
     // Small buffers: a hub holds many idle connections, and tungstenite's
