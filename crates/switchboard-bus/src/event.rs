@@ -89,17 +89,14 @@ impl Data {
 
     /// The payload parsed, on first use.
     pub fn value(&self) -> &Value {
-        // The text is valid JSON: it was parsed once to be held.
-        self.parsed
-            .get_or_init(|| serde_json::from_str(self.json()).unwrap_or(Value::Null))
+        self.parsed.get_or_init(|| parse(self.json()))
     }
 
     /// The payload parsed.
     pub fn into_value(self) -> Value {
-        match self.parsed.into_inner() {
-            Some(v) => v,
-            None => serde_json::from_str(self.json.get()).unwrap_or(Value::Null),
-        }
+        self.parsed
+            .into_inner()
+            .unwrap_or_else(|| parse(self.json.get()))
     }
 
     /// The text, to be held elsewhere without a copy.
@@ -129,7 +126,7 @@ impl Data {
     }
 
     /// How deep its arrays and objects nest (0 for a scalar).
-    pub fn depth(&self) -> usize {
+    fn depth(&self) -> usize {
         let (mut depth, mut deepest) = (0usize, 0usize);
         let (mut in_string, mut escaped) = (false, false);
         for b in self.json().bytes() {
@@ -154,6 +151,12 @@ impl Data {
         }
         deepest
     }
+}
+
+/// `json` parsed. It is valid JSON nested within what the parser takes:
+/// it was parsed once to be held, and checked at publish.
+fn parse(json: &str) -> Value {
+    serde_json::from_str(json).unwrap_or(Value::Null)
 }
 
 impl From<Value> for Data {

@@ -12,13 +12,17 @@ pub const MAX_LEN: usize = 255;
 /// The most tokens in a topic or pattern.
 pub const MAX_TOKENS: usize = 32;
 
+/// Whether `b` may stand in a token: a letter, a digit, `_`, `-` or `:`.
+fn token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':')
+}
+
 fn check_token(t: &str) -> Result<(), String> {
     if t.is_empty() {
         return Err("must not have empty tokens (two dots in a row, or a dot at an end)".into());
     }
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':');
-    if !t.bytes().all(allowed)
-        && let Some(c) = t.chars().find(|&c| !(c.is_ascii() && allowed(c as u8)))
+    if !t.bytes().all(token_byte)
+        && let Some(c) = t.chars().find(|&c| !(c.is_ascii() && token_byte(c as u8)))
     {
         return Err(format!(
             "tokens may hold only letters, digits, '_', '-' and ':' (found {c:?})"
@@ -66,7 +70,7 @@ fn plain_topic(t: &[u8]) -> bool {
             }
             dots += 1;
             after_dot = true;
-        } else if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':') {
+        } else if token_byte(b) {
             after_dot = false;
         } else {
             return false;
